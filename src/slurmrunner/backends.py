@@ -1,0 +1,62 @@
+"""From a Profile to the hosts and scheduler that act for it (one per profile per process).
+
+Sharing matters: every run of the same SSH profile uses one connection, and every local run
+shares the one local scheduler that guards this machine's CPUs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .hosts.base import Host
+from .hosts.local import LocalHost
+from .hosts.sudo import SudoHost
+from .jobstate import Scheduler
+from .local_jobs import LocalScheduler
+from .profiles import Profile
+from .slurm import SlurmScheduler
+
+
+@dataclass
+class Backend:
+    user_host: Host  # mkdir and cat as the cluster user
+    scheduler: Scheduler
+
+    def connections_opened(self) -> int | None:
+        """SSH connections opened so far (None for backends without a connection)."""
+        value = getattr(self.user_host, "connections_opened", None)
+        return value if isinstance(value, int) else None
+
+
+_lock = threading.Lock()
+_cache: dict[str, Backend] = {}
+
+
+def _build(profile: Profile) -> Backend:
+    if profile.backend == "local":
+        return Backend(LocalHost(), LocalScheduler())
+    if profile.backend == "slurm_sudo":
+        assert profile.username is not None
+        sudo = SudoHost(profile.username)
+        return Backend(sudo, SlurmScheduler(submit_host=sudo, query_host=LocalHost()))
+    from .hosts.ssh import SSHHost
+
+    assert profile.host and profile.username and profile.ssh_key_path
+    ssh = SSHHost(
+        host=profile.host,
+        port=profile.port,
+        username=profile.username,
+        key_path=profile.ssh_key_path,
+        known_hosts=profile.known_hosts,
+        connect_timeout=profile.connect_timeout_s,
+    )
+    return Backend(ssh, SlurmScheduler(submit_host=ssh, query_host=ssh))
+
+
+def backend_for(profile: Profile) -> Backend:
+    key = profile.model_dump_json()
+    with _lock:
+        if key not in _cache:
+            _cache[key] = _build(profile)
+        return _cache[key]

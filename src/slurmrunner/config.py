@@ -1,0 +1,407 @@
+"""The admin's SLURM config (JSON) and a task's resource overrides: models, parsing, merging.
+
+Pure: no files, no processes. `load_config_file` is the only reader and sits at the bottom.
+Schema-compatible with fractal-server's SLURM config file; every model refuses unknown keys.
+
+Merge order for one task (later wins; `extra_lines` are concatenated in the same order):
+    default_slurm_config  ->  gpu_slurm_config (only if needs_gpu)  ->  the task's resources
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+_MEM_UNITS_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
+_SHELL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_memory_mb(value: Any) -> int:
+    """Memory as SLURM reads it: an int is MB; strings take K, M, G, T suffixes (x1024)."""
+    if isinstance(value, bool):
+        raise ValueError(f"memory must be a number of MB or a string like '4G', not {value!r}")
+    if isinstance(value, int):
+        mb = value
+    elif isinstance(value, float) and value.is_integer():
+        mb = int(value)
+    elif isinstance(value, str) and (m := _MEM_RE.match(value)):
+        mb = round(float(m.group(1)) * _MEM_UNITS_MB[(m.group(2) or "M").upper()])
+    else:
+        raise ValueError(
+            f"malformed memory {value!r}: use an int (MB) or a string like 4000, 4000M, 4G, 1T"
+        )
+    if mb <= 0:
+        raise ValueError(f"memory must be positive, got {value!r}")
+    return mb
+
+
+def parse_time_minutes(value: str) -> int:
+    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) to whole minutes, rounded up."""
+    m = _TIME_RE.match(value.strip())
+    if not m:
+        raise ValueError(
+            f"malformed time {value!r}: use minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+        )
+    days, a, b, c = m.groups()
+    parts = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:
+        hours, minutes, seconds = ([*parts, 0, 0])[:3]
+        total_s = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    elif len(parts) == 1:
+        total_s = parts[0] * 60
+    elif len(parts) == 2:
+        total_s = parts[0] * 60 + parts[1]
+    else:
+        total_s = (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    if total_s <= 0:
+        raise ValueError(f"time must be positive, got {value!r}")
+    return -(-total_s // 60)
+
+
+def format_time_minutes(minutes: int) -> str:
+    """Minutes to SLURM's D-HH:MM:SS."""
+    days, rem = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rem, 60)
+    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
+
+
+def _check_time(value: str | None) -> str | None:
+    if value is not None:
+        parse_time_minutes(value)
+    return value
+
+
+Memory = Annotated[int, BeforeValidator(parse_memory_mb)]
+SlurmTime = Annotated[str, BeforeValidator(lambda v: _check_time(str(v)))]
+
+#: Directives the runner writes itself: a config may not set them through extra_lines.
+MANAGED_DIRECTIVES: dict[str, str] = {
+    "--ntasks": "-n",
+    "--cpus-per-task": "-c",
+    "--mem": "",
+    "--mem-per-cpu": "",
+    "--output": "-o",
+    "--error": "-e",
+    "--chdir": "-D",
+    "--job-name": "-J",
+    "--array": "-a",
+}
+#: Directives that a config key sets: extra_lines may set them only when the key is unset.
+KEYED_DIRECTIVES: dict[str, tuple[str, str]] = {
+    "partition": ("--partition", "-p"),
+    "time": ("--time", "-t"),
+    "account": ("--account", "-A"),
+    "gres": ("--gres", ""),
+    "gpus": ("--gpus", "-G"),
+    "constraint": ("--constraint", "-C"),
+    "exclude": ("--exclude", "-x"),
+    "nodelist": ("--nodelist", "-w"),
+}
+
+
+def sbatch_option_of(line: str) -> str | None:
+    """The option an `#SBATCH ...` line sets (e.g. '--mem' or '-c'), else None."""
+    stripped = line.strip()
+    if not stripped.startswith("#SBATCH"):
+        return None
+    rest = stripped[len("#SBATCH") :].strip()
+    if not rest.startswith("-"):
+        return None
+    token = rest.split()[0]
+    if token.startswith("--"):
+        return token.split("=", 1)[0]
+    return token[:2]
+
+
+def _directive_names(long: str, short: str) -> set[str]:
+    return {long, short} - {""}
+
+
+def check_extra_lines(lines: list[str], set_keys: set[str], where: str) -> None:
+    """Refuse extra_lines that set managed directives or ones a set config key already sets."""
+    for i, line in enumerate(lines):
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"{where}.extra_lines[{i}] contains a line break: one line per entry")
+        opt = sbatch_option_of(line)
+        if opt is None:
+            continue
+        for long, short in MANAGED_DIRECTIVES.items():
+            if opt in _directive_names(long, short):
+                raise ValueError(
+                    f"{where}.extra_lines[{i}] sets {long}, which slurmrunner manages itself: "
+                    f"{line!r}"
+                )
+        for key, (long, short) in KEYED_DIRECTIVES.items():
+            if opt in _directive_names(long, short) and key in set_keys:
+                raise ValueError(
+                    f"{where}.extra_lines[{i}] sets {long} but `{key}` is set too: "
+                    f"keep one of them ({line!r})"
+                )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SlurmConfigSet(_Strict):
+    """One set of SLURM options (`default_slurm_config` or `gpu_slurm_config`)."""
+
+    partition: str | None = None
+    cpus_per_task: int = Field(default=1, ge=1)
+    mem: Memory | None = Field(default=None, description="per task, MB or '4G'")
+    time: SlurmTime | None = Field(default=None, description="per task")
+    account: str | None = None
+    qos: str | None = None
+    gres: str | None = None
+    gpus: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    nodelist: str | None = None
+    extra_lines: list[str] = Field(default_factory=list)
+    pre_submission_commands: list[str] = Field(default_factory=list)
+    shebang_line: str = "#!/bin/bash"
+    use_mem_per_cpu: bool = False
+
+    @field_validator("shebang_line")
+    @classmethod
+    def _shebang(cls, v: str) -> str:
+        if not v.startswith("#!") or "\n" in v:
+            raise ValueError(f"shebang_line must be one line starting with '#!', got {v!r}")
+        return v
+
+    @field_validator("pre_submission_commands")
+    @classmethod
+    def _no_pre_submission(cls, v: list[str]) -> list[str]:
+        # Accepted for compatibility with fractal-server's files; running admin shell commands
+        # as the user before sbatch would need more than the sudo whitelist allows.
+        if v:
+            raise ValueError(
+                "pre_submission_commands is not supported: put setup in extra_lines instead"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _extra_lines(self) -> SlurmConfigSet:
+        check_extra_lines(self.extra_lines, self.model_fields_set - {"extra_lines"}, "")
+        return self
+
+
+class BatchingConfig(_Strict):
+    """Limits for packing tasks into jobs. Targets are preferred sizes, max are hard caps."""
+
+    target_num_jobs: int = Field(default=10, ge=1)
+    max_num_jobs: int = Field(default=50, ge=1)
+    target_cpus_per_job: int = Field(default=1, ge=1)
+    max_cpus_per_job: int = Field(default=2, ge=1)
+    target_mem_per_job: Memory = 4000
+    max_mem_per_job: Memory = 16000
+
+    @model_validator(mode="after")
+    def _order(self) -> BatchingConfig:
+        for target, cap in (
+            ("target_num_jobs", "max_num_jobs"),
+            ("target_cpus_per_job", "max_cpus_per_job"),
+            ("target_mem_per_job", "max_mem_per_job"),
+        ):
+            if getattr(self, target) > getattr(self, cap):
+                raise ValueError(f"{target} ({getattr(self, target)}) exceeds {cap}")
+        return self
+
+
+def check_relative_path(value: str, where: str) -> str:
+    """A path that must stay under a base directory: relative, no `..`, no line breaks."""
+    if not value or value.startswith("/") or value.startswith("~"):
+        raise ValueError(f"{where} must be a relative path, got {value!r}")
+    if ".." in PurePosixPath(value).parts:
+        raise ValueError(f"{where} must not climb out with '..', got {value!r}")
+    if any(c in value for c in "\n\r\0"):
+        raise ValueError(f"{where} contains a control character: {value!r}")
+    return value
+
+
+class SlurmRunnerConfig(_Strict):
+    """The admin's whole config file."""
+
+    default_slurm_config: SlurmConfigSet = Field(default_factory=SlurmConfigSet)
+    gpu_slurm_config: SlurmConfigSet | None = None
+    batching_config: BatchingConfig = Field(default_factory=BatchingConfig)
+    user_local_exports: dict[str, str] = Field(default_factory=dict)
+    python: str = Field(default="python3", description="interpreter that runs the worker")
+    max_script_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+
+    @field_validator("user_local_exports", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @field_validator("user_local_exports")
+    @classmethod
+    def _exports(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            if not _SHELL_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid shell variable name")
+            check_relative_path(path, f"user_local_exports.{name}")
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError(f"python must be one command without spaces, got {v!r}")
+        return v
+
+
+class TaskResources(_Strict):
+    """A task's own resource overrides; unset fields fall back to the admin's config."""
+
+    partition: str | None = None
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    mem: Memory | None = None
+    time: SlurmTime | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres: str | None = None
+    gpus: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    nodelist: str | None = None
+    needs_gpu: bool = False
+    extra_lines: list[str] = Field(default_factory=list)
+    tasks_per_job: int | None = Field(default=None, ge=1)
+    parallel_tasks_per_job: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _extra_lines(self) -> TaskResources:
+        check_extra_lines(self.extra_lines, self.model_fields_set - {"extra_lines"}, "")
+        return self
+
+
+class JobResources(BaseModel):
+    """The merged per-task view that batching and the script are built from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    partition: str | None
+    cpus_per_task: int
+    mem_mb: int | None
+    time_minutes: int | None
+    account: str | None
+    qos: str | None
+    gres: str | None
+    gpus: str | None
+    constraint: str | None
+    exclude: str | None
+    nodelist: str | None
+    extra_lines: tuple[str, ...]
+    shebang_line: str
+    use_mem_per_cpu: bool
+    tasks_per_job: int | None
+    parallel_tasks_per_job: int | None
+
+
+_OVERRIDABLE = ("partition", "account", "qos", "gres", "gpus", "constraint", "exclude", "nodelist")
+
+
+def merge_resources(config: SlurmRunnerConfig, task: TaskResources | None = None) -> JobResources:
+    """default_slurm_config, then gpu_slurm_config if the task needs a GPU, then the task."""
+    task = task or TaskResources()
+    layers: list[BaseModel] = [config.default_slurm_config]
+    if task.needs_gpu:
+        if config.gpu_slurm_config is None:
+            raise ConfigError("resources.needs_gpu is true but the config has no gpu_slurm_config")
+        layers.append(config.gpu_slurm_config)
+    layers.append(task)
+
+    merged: dict[str, Any] = {"extra_lines": []}
+    set_keys: set[str] = set()
+    for layer in layers:
+        for key in layer.model_fields_set:
+            value = getattr(layer, key)
+            if key == "extra_lines":
+                merged["extra_lines"].extend(value)
+            elif value is not None:
+                merged[key] = value
+                set_keys.add(key)
+    base = config.default_slurm_config
+    try:
+        check_extra_lines(merged["extra_lines"], set_keys & set(KEYED_DIRECTIVES), "merged")
+    except ValueError as exc:
+        raise ConfigError(f"resources: {exc}") from None
+    return JobResources(
+        **{key: merged.get(key, getattr(base, key)) for key in _OVERRIDABLE},
+        cpus_per_task=merged.get("cpus_per_task", base.cpus_per_task),
+        mem_mb=merged.get("mem", base.mem),
+        time_minutes=parse_time_minutes(t) if (t := merged.get("time", base.time)) else None,
+        extra_lines=tuple(merged["extra_lines"]),
+        shebang_line=merged.get("shebang_line", base.shebang_line),
+        use_mem_per_cpu=merged.get("use_mem_per_cpu", base.use_mem_per_cpu),
+        tasks_per_job=task.tasks_per_job,
+        parallel_tasks_per_job=task.parallel_tasks_per_job,
+    )
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming its key path, e.g. `default_slurm_config.mem: ...`."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        where = ".".join(p for p in (prefix, loc) if p) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> SlurmRunnerConfig:
+    try:
+        return SlurmRunnerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}:\n{describe_validation_error(exc)}") from None
+
+
+def parse_resources(data: Any, source: str = "resources") -> TaskResources:
+    try:
+        return TaskResources.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def load_json_or_toml(path: str | Path) -> Any:
+    """Read a .json or .toml file; errors name the file and the place."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+
+
+def load_config_file(path: str | Path) -> SlurmRunnerConfig:
+    return parse_config(load_json_or_toml(path), str(path))

@@ -1,0 +1,55 @@
+"""Typed errors of the public API: catch SlurmRunnerError to catch them all."""
+
+from __future__ import annotations
+
+
+class SlurmRunnerError(Exception):
+    """Base class of every error slurmrunner raises on purpose."""
+
+
+class ConfigError(SlurmRunnerError, ValueError):
+    """The admin config, a Profile or a task's resources are invalid (message names the key)."""
+
+
+class BatchingError(SlurmRunnerError, ValueError):
+    """The tasks cannot be planned into jobs within the admin's limits."""
+
+
+class HostError(SlurmRunnerError):
+    """A command could not be run on the host at all (not: it ran and failed)."""
+
+
+class ImpersonationError(HostError):
+    """sudo refused to run the command as the user (not allowed, needs a password, ...)."""
+
+
+class SSHError(HostError):
+    """Base of SSH connection problems."""
+
+
+class SSHKeyError(SSHError):
+    """The Profile's private key is missing, unreadable, badly protected or not a key."""
+
+
+class SSHHostKeyError(SSHError):
+    """The server's host key is unknown or differs from known_hosts."""
+
+
+class SSHAuthError(SSHError):
+    """The server refused authentication with the Profile's key."""
+
+
+class SSHConnectError(SSHError):
+    """The host could not be reached (refused, timed out, name not resolved)."""
+
+
+class SchedulerError(SlurmRunnerError):
+    """The scheduler refused or failed an action (e.g. sbatch rejected the job)."""
+
+
+class TransientSchedulerError(SchedulerError):
+    """The scheduler did not answer this time (e.g. 'Socket timed out'): retry, never conclude."""
+
+
+class RunNotFoundError(SlurmRunnerError, KeyError):
+    """No run with that id in the store."""

@@ -1,0 +1,60 @@
+"""A job's state as a scheduler reports it (shared by the SLURM and local schedulers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+TERMINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "REVOKED",
+        "SPECIAL_EXIT",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str  # SLURM's long names: PENDING, RUNNING, COMPLETED, OUT_OF_MEMORY, ...
+    reason: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def started(self) -> bool:
+        return self.state not in ("PENDING", "CONFIGURING", "REQUEUED", "SUSPENDED")
+
+
+#: A job the scheduler no longer knows (polled successfully, absent from the answer).
+GONE = JobState("UNKNOWN", "no longer known to the scheduler")
+
+
+class Scheduler(Protocol):
+    """Submits job scripts, reports their states, cancels them."""
+
+    def submit(self, script: str) -> str:
+        """Submit; return the job id. TransientSchedulerError: retry; SchedulerError: refused."""
+        ...
+
+    def poll(self, job_ids: list[str]) -> dict[str, JobState]:
+        """One query for all ids; an absent id maps to GONE.
+
+        TransientSchedulerError when the scheduler did not answer."""
+        ...
+
+    def find(self, job_names: list[str]) -> dict[str, str]:
+        """job name -> id, for jobs the scheduler still knows (finds a lost submission)."""
+        ...
+
+    def cancel(self, job_ids: list[str]) -> None: ...

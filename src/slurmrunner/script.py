@@ -1,0 +1,120 @@
+"""A job, as the text of its submission script. Pure and deterministic.
+
+Layout: shebang; the #SBATCH lines the runner manages; the config's `extra_lines` verbatim and
+in order; `umask 077`; the user's exports; then the worker and its payload (the job's task list)
+as a here-document fed to python, so the script alone carries everything the job needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .batching import BatchPlan
+from .config import JobResources, format_time_minutes
+from .errors import ConfigError
+from .quoting import directive_value, shell_word
+
+_HEREDOC_END = "SLURMRUNNER_PAYLOAD_END"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one job script is made of."""
+
+    run_id: str
+    job_index: int
+    run_dir: str
+    resources: JobResources
+    plan: BatchPlan
+    command: tuple[str, ...]
+    tasks: tuple[tuple[int, Any], ...]  # (input index, args)
+    exports: dict[str, str] = field(default_factory=dict)  # NAME -> absolute path
+    call: str = "fractal"
+    workdir: str | None = None
+    python: str = "python3"
+
+    @property
+    def job_name(self) -> str:
+        return job_name(self.run_id, self.job_index)
+
+    @property
+    def results_file(self) -> str:
+        return f"{self.run_dir}/{results_relpath(self.job_index)}"
+
+    @property
+    def output_file(self) -> str:
+        return f"{self.run_dir}/jobs/{self.job_index}.out"
+
+
+def job_name(run_id: str, job_index: int) -> str:
+    """The tag a job carries in the scheduler: finds it again after a lost submission."""
+    return f"sr-{run_id}-{job_index}"
+
+
+def results_relpath(job_index: int) -> str:
+    return f"results/{job_index}.jsonl"
+
+
+def sbatch_directives(job: JobSpec) -> list[str]:
+    res, plan = job.resources, job.plan
+    opts: list[tuple[str, str | int]] = [
+        ("job-name", job.job_name),
+        ("ntasks", 1),
+        ("cpus-per-task", plan.cpus_per_job),
+    ]
+    if plan.mem_per_job_mb is not None:
+        if res.use_mem_per_cpu:
+            opts.append(("mem-per-cpu", f"{-(-plan.mem_per_job_mb // plan.cpus_per_job)}M"))
+        else:
+            opts.append(("mem", f"{plan.mem_per_job_mb}M"))
+    if plan.time_per_job_minutes is not None:
+        opts.append(("time", format_time_minutes(plan.time_per_job_minutes)))
+    for key in ("partition", "account", "qos", "gres", "gpus", "constraint", "exclude"):
+        value = getattr(res, key)
+        if value is not None:
+            opts.append((key, value))
+    if res.nodelist is not None:
+        opts.append(("nodelist", res.nodelist))
+    opts += [("output", job.output_file), ("chdir", job.run_dir)]
+    return [f"#SBATCH --{key}={directive_value(key, value)}" for key, value in opts]
+
+
+def worker_payload(job: JobSpec) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "run_id": job.run_id,
+        "job_index": job.job_index,
+        "run_dir": job.run_dir,
+        "workdir": job.workdir,
+        "results": results_relpath(job.job_index),
+        "command": list(job.command),
+        "call": job.call,
+        "parallel": job.plan.parallel_tasks_per_job,
+        "tasks": [{"i": i, "args": args} for i, args in job.tasks],
+    }
+
+
+def render_script(job: JobSpec, worker_source: str) -> str:
+    """The whole script; `worker_source` is the text of slurmrunner/worker.py."""
+    payload = json.dumps(worker_payload(job), sort_keys=True, separators=(",", ":"))
+    lines = [job.resources.shebang_line, *sbatch_directives(job), *job.resources.extra_lines]
+    lines.append("umask 077")
+    for name, path in job.exports.items():
+        lines.append(f"export {name}={shell_word(path)}")
+    lines.append(f"exec {shell_word(job.python)} - <<'{_HEREDOC_END}'")
+    body = f"_PAYLOAD = {payload!r}\n{worker_source.rstrip()}\n"
+    if any(line.strip() == _HEREDOC_END for line in body.splitlines()):
+        raise ConfigError("the worker payload contains the here-document end marker")
+    return "\n".join(lines) + "\n" + body + _HEREDOC_END + "\n"
+
+
+def check_script_size(script: str, limit: int, job_index: int) -> None:
+    size = len(script.encode())
+    if size > limit:
+        raise ConfigError(
+            f"job {job_index}'s script is {size} bytes, over max_script_bytes={limit} "
+            "(SLURM's default limit is 4 MB): give fewer inputs per job (resources.tasks_per_job) "
+            "or smaller arguments"
+        )

@@ -1,0 +1,102 @@
+"""The SLURM client: sbatch/squeue/scancel argv and the parsing of their output.
+
+It runs commands on the hosts it is given and knows nothing of users: `submit_host` acts as
+the job's owner (sbatch, scancel), `query_host` asks the controller (squeue).
+"""
+
+from __future__ import annotations
+
+from .errors import SchedulerError, TransientSchedulerError
+from .hosts.base import CommandResult, Host
+from .jobstate import GONE, JobState
+
+# stderr fragments meaning "the controller did not answer this time", not "the job is gone".
+_TRANSIENT = (
+    "socket timed out",
+    "unable to contact slurm controller",
+    "connection refused",
+    "zero bytes were transmitted",
+    "transport endpoint",
+    "temporarily unavailable",
+    "communication connection failure",
+    "connection timed out",
+    "slurm_load_jobs error: unexpected message",
+    "slurmctld not responding",
+    "insane message length",
+    "resource temporarily unavailable",
+)
+_INVALID_JOB_ID = "invalid job id specified"
+_SQUEUE_FORMAT = "%i|%T|%r|%j"
+
+
+def is_transient(stderr: str) -> bool:
+    low = stderr.lower()
+    return any(text in low for text in _TRANSIENT)
+
+
+def _raise_for(result: CommandResult, what: str) -> None:
+    err = result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}"
+    if is_transient(err):
+        raise TransientSchedulerError(f"{what}: {err}")
+    raise SchedulerError(f"{what}: {err}")
+
+
+def parse_sbatch_parsable(stdout: str) -> str:
+    """`sbatch --parsable` prints `jobid` or `jobid;cluster`."""
+    text = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id = text.split(";", 1)[0]
+    if not job_id.isdigit():
+        raise SchedulerError(f"sbatch printed no job id: {stdout!r}")
+    return job_id
+
+
+def parse_squeue(stdout: str) -> dict[str, tuple[JobState, str]]:
+    """Lines `id|STATE|reason|name` -> id -> (state, name)."""
+    states: dict[str, tuple[JobState, str]] = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4:
+            job_id, state, reason, name = parts
+            # "CANCELLED by 1001" -> "CANCELLED"
+            states[job_id] = (JobState(state.split()[0], reason), name)
+    return states
+
+
+class SlurmScheduler:
+    def __init__(self, submit_host: Host, query_host: Host) -> None:
+        self.submit_host = submit_host
+        self.query_host = query_host
+
+    def submit(self, script: str) -> str:
+        result = self.submit_host.run(["sbatch", "--parsable"], stdin=script)
+        if not result.ok:
+            _raise_for(result, "sbatch refused the job")
+        return parse_sbatch_parsable(result.stdout)
+
+    def _squeue(self, selector: list[str]) -> dict[str, tuple[JobState, str]]:
+        argv = ["squeue", "--noheader", "--states=all", f"--format={_SQUEUE_FORMAT}", *selector]
+        result = self.query_host.run(argv)
+        if not result.ok:
+            if _INVALID_JOB_ID in result.stderr.lower():
+                return {}  # none of the requested ids is known any more
+            _raise_for(result, "squeue failed")
+        return parse_squeue(result.stdout)
+
+    def poll(self, job_ids: list[str]) -> dict[str, JobState]:
+        if not job_ids:
+            return {}
+        known = self._squeue([f"--jobs={','.join(job_ids)}"])
+        return {job_id: known[job_id][0] if job_id in known else GONE for job_id in job_ids}
+
+    def find(self, job_names: list[str]) -> dict[str, str]:
+        if not job_names:
+            return {}
+        known = self._squeue([f"--name={','.join(job_names)}"])
+        return {name: job_id for job_id, (_, name) in known.items() if name in job_names}
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        result = self.submit_host.run(["scancel", *job_ids])
+        if not result.ok and _INVALID_JOB_ID not in result.stderr.lower():
+            _raise_for(result, "scancel failed")
