@@ -1,8 +1,9 @@
 # shellcheck shell=bash
+# shellcheck source-path=SCRIPTDIR
 # Helpers shared by scripts/cluster-up and scripts/cluster-down (sourced, not executed).
 
 RIG_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=scripts/rig.env
+# shellcheck source=rig.env
 . "$RIG_SCRIPTS_DIR/rig.env"
 
 # Never pick up tools from the caller's environment (e.g. root's pyenv shims).
@@ -15,6 +16,14 @@ die() { printf '[%s] ERROR: %s\n' "$RIG_PROG" "$*" >&2; exit 1; }
 
 require_root() { [[ $EUID -eq 0 ]] || die "must run as root"; }
 
+# Serialize cluster-up/cluster-down runs (tests may call them concurrently). The lock is
+# held on fd 9 until the script exits.
+rig_lock() {
+    mkdir -p "$RIG_RUN_DIR"
+    exec 9>"$RIG_RUN_DIR/rig.lock"
+    flock -w 120 9 || die "another cluster-up/cluster-down holds $RIG_RUN_DIR/rig.lock"
+}
+
 # The daemons of the rig: name -> pid file, and the process name (/proc/PID/comm) that
 # a live pid in that file must have (guards against a recycled pid).
 declare -A RIG_PIDFILE=(
@@ -23,6 +32,18 @@ declare -A RIG_PIDFILE=(
     [slurmd]=$RIG_SLURMD_PIDFILE
     [sshd]=$RIG_SSHD_PIDFILE
 )
+
+# True if PID is a live process: it exists and one of its threads is not a zombie. (The
+# leader of a multithreaded daemon shows as a zombie while its other threads shut down;
+# and an exited daemon can stay a zombie for long where pid 1 does not reap orphans.)
+pid_alive() {
+    local t state
+    for t in /proc/"$1"/task/*/stat; do
+        state=$(awk '{print $3}' "$t" 2>/dev/null) || continue
+        [[ -n $state && $state != Z ]] && return 0
+    done
+    return 1
+}
 
 # Print the pid of the rig's daemon NAME if its pid file names a live process of that
 # name; fail otherwise.
@@ -33,7 +54,7 @@ daemon_pid() {
     pid=${pid//[[:space:]]/}
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $comm == "$name" ]] || return 1
+    [[ $comm == "$name" ]] && pid_alive "$pid" || return 1
     printf '%s\n' "$pid"
 }
 
@@ -49,12 +70,10 @@ stop_daemon() {
     log "$name: stopping pid $pid (TERM)"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < timeout * 10; i++)); do
-        [[ -d /proc/$pid ]] || break
-        # A zombie is dead already (its parent just has not reaped it yet).
-        [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && break
+        pid_alive "$pid" || break
         sleep 0.1
     done
-    if [[ -d /proc/$pid ]] && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; then
+    if pid_alive "$pid"; then
         log "$name: pid $pid still alive after ${timeout}s, sending KILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.2

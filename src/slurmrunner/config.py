@@ -112,6 +112,7 @@ KEYED_DIRECTIVES: dict[str, tuple[str, str]] = {
     "constraint": ("--constraint", "-C"),
     "exclude": ("--exclude", "-x"),
     "nodelist": ("--nodelist", "-w"),
+    "qos": ("--qos", "-q"),
 }
 
 
@@ -129,29 +130,32 @@ def sbatch_option_of(line: str) -> str | None:
     return token[:2]
 
 
-def _directive_names(long: str, short: str) -> set[str]:
-    return {long, short} - {""}
+def _sets_directive(opt: str, long: str, short: str) -> bool:
+    """True if `opt` is `long`, `short`, or an abbreviation sbatch would read as `long`
+    (sbatch, like getopt_long, accepts any unambiguous prefix: `--cpus-per=4`)."""
+    if short and opt == short:
+        return True
+    return opt == long or (opt.startswith("--") and len(opt) > 3 and long.startswith(opt))
 
 
 def check_extra_lines(lines: list[str], set_keys: set[str], where: str) -> None:
     """Refuse extra_lines that set managed directives or ones a set config key already sets."""
+    prefix = f"{where}.extra_lines" if where else "extra_lines"
     for i, line in enumerate(lines):
         if "\n" in line or "\r" in line:
-            raise ValueError(f"{where}.extra_lines[{i}] contains a line break: one line per entry")
+            raise ValueError(f"{prefix}[{i}] contains a line break: one line per entry")
         opt = sbatch_option_of(line)
         if opt is None:
             continue
         for long, short in MANAGED_DIRECTIVES.items():
-            if opt in _directive_names(long, short):
+            if _sets_directive(opt, long, short):
                 raise ValueError(
-                    f"{where}.extra_lines[{i}] sets {long}, which slurmrunner manages itself: "
-                    f"{line!r}"
+                    f"{prefix}[{i}] sets {long}, which slurmrunner manages itself: {line!r}"
                 )
         for key, (long, short) in KEYED_DIRECTIVES.items():
-            if opt in _directive_names(long, short) and key in set_keys:
+            if key in set_keys and _sets_directive(opt, long, short):
                 raise ValueError(
-                    f"{where}.extra_lines[{i}] sets {long} but `{key}` is set too: "
-                    f"keep one of them ({line!r})"
+                    f"{prefix}[{i}] sets {long} but `{key}` is set too: keep one of them ({line!r})"
                 )
 
 
@@ -203,7 +207,11 @@ class SlurmConfigSet(_Strict):
 
 
 class BatchingConfig(_Strict):
-    """Limits for packing tasks into jobs. Targets are preferred sizes, max are hard caps."""
+    """Limits for packing tasks into jobs. Targets are preferred sizes, max are hard caps.
+
+    A target set above its max is refused; a target left at its default is read as capped by
+    the max (so `{"max_num_jobs": 4}` alone works: the run is squeezed into 4 jobs).
+    """
 
     target_num_jobs: int = Field(default=10, ge=1)
     max_num_jobs: int = Field(default=50, ge=1)
@@ -219,7 +227,7 @@ class BatchingConfig(_Strict):
             ("target_cpus_per_job", "max_cpus_per_job"),
             ("target_mem_per_job", "max_mem_per_job"),
         ):
-            if getattr(self, target) > getattr(self, cap):
+            if target in self.model_fields_set and getattr(self, target) > getattr(self, cap):
                 raise ValueError(f"{target} ({getattr(self, target)}) exceeds {cap}")
         return self
 
@@ -254,7 +262,7 @@ class SlurmRunnerConfig(_Strict):
     @classmethod
     def _exports(cls, v: dict[str, str]) -> dict[str, str]:
         for name, path in v.items():
-            if not _SHELL_NAME_RE.match(name):
+            if not _SHELL_NAME_RE.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid shell variable name")
             check_relative_path(path, f"user_local_exports.{name}")
         return v

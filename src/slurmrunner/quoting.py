@@ -29,7 +29,7 @@ def shell_command(argv: list[str]) -> str:
 def directive_value(key: str, value: str | int) -> str:
     """A value for `#SBATCH --key=value`; refused (naming the key) if it could be misparsed."""
     text = str(value)
-    if not _DIRECTIVE_VALUE_RE.match(text):
+    if not _DIRECTIVE_VALUE_RE.fullmatch(text):
         raise ConfigError(
             f"{key}: value {text!r} has characters not allowed in an #SBATCH line "
             "(allowed: letters, digits and _ . , : = / @ % + - [ ])"
@@ -39,7 +39,7 @@ def directive_value(key: str, value: str | int) -> str:
 
 def posix_username(name: str, key: str = "username") -> str:
     """A valid POSIX user name, or ConfigError naming the key (nothing else reaches sudo/ssh)."""
-    if not isinstance(name, str) or not _POSIX_USER_RE.match(name):
+    if not isinstance(name, str) or not _POSIX_USER_RE.fullmatch(name):
         raise ConfigError(
             f"{key}: {name!r} is not a valid POSIX user name "
             "(letters, digits, _ and -, not starting with a digit or -, at most 32 characters)"
@@ -49,7 +49,7 @@ def posix_username(name: str, key: str = "username") -> str:
 
 def cluster_path(path: str, key: str) -> str:
     """An absolute path on the cluster that is safe in #SBATCH lines and commands."""
-    if not _SAFE_PATH_RE.match(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
+    if not _SAFE_PATH_RE.fullmatch(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
         raise ConfigError(
             f"{key}: {path!r} must be an absolute, normalised path of letters, digits and "
             "_ . , : = @ % + - / (no spaces, no quotes, no '..')"

@@ -18,6 +18,7 @@ import sys
 import time
 
 LOG_TAIL_BYTES = 2048
+STOP_GRACE_S = 5.0  # after SIGTERM, a task has this long to stop before SIGKILL
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -261,6 +262,29 @@ class Worker(object):
                 }
             )
         self.emit({"event": "end", "job": self.job, "interrupted": name})
+        self.stop_children(STOP_GRACE_S)
+
+    def stop_children(self, grace_s):
+        """Reap the tasks told to stop; SIGKILL the groups of those still there after grace_s,
+        so no task outlives its worker (the local backend has no cgroup to clean up)."""
+        deadline = time.time() + grace_s
+        while self.running:
+            for pid in list(self.running):
+                try:
+                    reaped, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    reaped = pid
+                if reaped:
+                    del self.running[pid]
+            if self.running and time.time() >= deadline:
+                for pid in list(self.running):
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+                    del self.running[pid]
+            elif self.running:
+                time.sleep(0.05)
 
     def main(self):
         self.emit(

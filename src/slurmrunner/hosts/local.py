@@ -10,6 +10,10 @@ from .base import CallCounter, CommandResult
 
 
 class LocalHost:
+    # Files that commands create (sbatch's job output among them: SLURM applies the submitter's
+    # umask) are private to the user; sudo keeps the stricter of its own and ours.
+    umask = 0o077
+
     def __init__(self) -> None:
         self._counter = CallCounter()
 
@@ -33,6 +37,7 @@ class LocalHost:
                 text=True,
                 timeout=timeout,
                 stdin=None if stdin is not None else subprocess.DEVNULL,
+                umask=self.umask,
             )
         except FileNotFoundError as exc:
             raise HostError(f"cannot run {full[0]!r}: not found on PATH") from exc

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import select
 import socket
@@ -48,6 +49,10 @@ from ..errors import (
 )
 from ..quoting import posix_username, shell_command
 from .base import CallCounter, CommandResult
+
+# paramiko's transport thread logs every failure it raises to us as well: keep it off stderr
+# unless the application configures logging.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 #: Waits between reconnection attempts after an established connection dropped.
 RECONNECT_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
@@ -262,14 +267,16 @@ def open_transport(target: SSHTarget, timeout: float, keepalive_s: float) -> par
     try:
         transport = paramiko.Transport(sock)
         left = max(_remaining(deadline), 0.1)
-        transport.banner_timeout = left
-        transport.handshake_timeout = left
+        # start_client(timeout=left) is the bound; paramiko's own timers only back it up.
+        transport.banner_timeout = left + 1
+        transport.handshake_timeout = left + 1
         if expected is not None:
             _prefer_known_key_types(transport, expected)
         try:
             transport.start_client(timeout=left)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise SSHConnectError(f"SSH handshake with {address} failed: {exc}") from None
+            hint = " (not an SSH server, or it dropped us)" if "banner" in str(exc) else ""
+            raise SSHConnectError(f"SSH handshake with {address} failed: {exc}{hint}") from None
         if not transport.is_active() or not transport.initial_kex_done:
             raise SSHConnectError(
                 f"SSH handshake with {address} did not finish within {timeout:g}s"
@@ -519,6 +526,22 @@ def _send_exec(channel: paramiko.Channel, command: str, wait: float | None) -> b
     return bool(channel.event_ready)
 
 
+def _transport_died(transport: paramiko.Transport, settle: float = 0.5) -> bool:
+    """Whether the connection is dead, for an ambiguous channel end (closed without exit
+    status, request refused). paramiko's thread closes the channels of a dying connection
+    just *before* it clears is_active(): give it `settle` seconds to finish dying."""
+    if not transport.is_active():
+        return True
+    transport.join(settle)
+    return not transport.is_active()
+
+
+def _close_channel(channel: paramiko.Channel) -> None:
+    """Close; a connection dying meanwhile is not an error of its own (the caller reports)."""
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        channel.close()
+
+
 def _feed_stdin(channel: paramiko.Channel, data: bytes) -> None:
     try:
         channel.sendall(data)
@@ -657,7 +680,7 @@ class SSHHost:
             try:
                 return self._exchange(transport, channel, argv, command, data, timeout)
             finally:
-                channel.close()
+                _close_channel(channel)
 
     def _open_channel(self) -> tuple[paramiko.Transport, paramiko.Channel]:
         """A session channel; retried (reconnecting) while nothing of the command was sent."""
@@ -668,20 +691,26 @@ class SSHHost:
             transport = conn.transport()
             try:
                 return transport, transport.open_session(timeout=conn.connect_timeout)
-            except paramiko.ChannelException as exc:
-                # The server refused one more session (e.g. MaxSessions): wait and retry.
-                error = SSHError(
-                    f"{self.target.endpoint} refused to open a session channel: {exc.text} "
-                    f"(server MaxSessions lower than max_channels={conn.max_channels}?)"
-                )
-                if attempt < len(delays):
-                    time.sleep(delays[attempt])
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                # Transport dead or unresponsive: nothing was sent; reconnect and retry.
+                # Nothing of the command was sent: whatever happened, retrying is safe.
+                reason = getattr(exc, "text", None) or str(exc) or type(exc).__name__
+                if "Timeout" not in reason and not _transport_died(transport):
+                    # The server refused one more session (MaxSessions; paramiko may report
+                    # it as "Unable to open channel" when several refusals race): wait it out
+                    # on the same connection, whose other channels keep running.
+                    error = SSHError(
+                        f"{self.target.endpoint} refused to open a session channel ({reason}): "
+                        f"is the server's MaxSessions below max_channels={conn.max_channels}?"
+                    )
+                    if attempt < len(delays):
+                        time.sleep(delays[attempt])
+                    continue
+                # Transport dead, or silent for connect_timeout on a channel open (an sshd
+                # answers in milliseconds: the path is dead): replace it and retry.
                 conn.invalidate(transport)
                 error = SSHConnectError(
                     f"could not open a channel on the SSH connection to {self.target.endpoint}: "
-                    f"{exc or type(exc).__name__}"
+                    f"{reason}"
                 )
         assert error is not None
         raise error
@@ -701,7 +730,7 @@ class SSHHost:
         try:
             accepted = _send_exec(channel, command, wait)
         except (TimeoutError, OSError, EOFError, paramiko.SSHException) as exc:
-            if isinstance(exc, TimeoutError) and transport.is_active():
+            if isinstance(exc, TimeoutError) and not _transport_died(transport):
                 raise SSHCommandTimeout(
                     f"{self.target.endpoint} did not answer the request to run {shown!r} "
                     f"within {wait:g}s (it may have run)",
@@ -713,7 +742,7 @@ class SSHHost:
                 argv,
             ) from None
         if not accepted:
-            if transport.is_active():
+            if not _transport_died(transport):
                 raise SSHError(f"{self.target.endpoint} refused to execute {shown!r}")
             raise SSHCommandInterrupted(
                 f"the SSH connection to {self.target.endpoint} dropped while starting {shown!r} "
@@ -761,12 +790,12 @@ class SSHHost:
         finally:
             if writer is not None:
                 if writer.is_alive():
-                    channel.close()  # wakes a writer blocked on a full window
+                    _close_channel(channel)  # wakes a writer blocked on a full window
                 writer.join(5.0)
 
         status = channel.exit_status
         complete = channel.eof_received and channel.exit_status_ready() and status != -1
-        if not complete and not transport.is_active():
+        if not complete and _transport_died(transport):
             raise SSHCommandInterrupted(
                 f"the SSH connection to {self.target.endpoint} dropped while {shown!r} was "
                 "running (it may have run: check before running it again)",
@@ -784,4 +813,4 @@ class SSHHost:
         """Best effort: signal the timed-out command (OpenSSH >= 7.9), then close."""
         with contextlib.suppress(Exception):
             _channel_request(channel, "signal", "TERM", want_reply=False)
-        channel.close()
+        _close_channel(channel)

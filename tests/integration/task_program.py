@@ -1,0 +1,40 @@
+#!/usr/bin/python3
+"""The task the integration tests run on the cluster (fractal calling form).
+
+Arguments select what it does: {"x": n} -> {"square": n*n}; "fail": exit status; "sleep": s;
+"env": [names] -> their values; "alloc_mb": touch that much memory; "whoami": the user.
+"""
+
+import argparse
+import json
+import os
+import pwd
+import sys
+import time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--args-json", required=True)
+parser.add_argument("--out-json", required=True)
+ns = parser.parse_args()
+with open(ns.args_json) as fh:
+    args = json.load(fh)
+out = {}
+print("task args:", args, flush=True)
+if "sleep" in args:
+    time.sleep(float(args["sleep"]))
+if "alloc_mb" in args:
+    block = bytearray(int(args["alloc_mb"]) * 1024 * 1024)
+    for k in range(0, len(block), 4096):
+        block[k] = 1
+    out["allocated_mb"] = args["alloc_mb"]
+if "fail" in args:
+    print(f"failing on purpose with status {args['fail']}", file=sys.stderr, flush=True)
+    sys.exit(int(args["fail"]))
+if "x" in args:
+    out["square"] = args["x"] * args["x"]
+if "env" in args:
+    out["env"] = {name: os.environ.get(name) for name in args["env"]}
+if args.get("whoami"):
+    out["user"] = pwd.getpwuid(os.getuid()).pw_name
+with open(ns.out_json, "w") as fh:
+    json.dump(out, fh)
