@@ -108,10 +108,6 @@ def test_config_check_missing_file(tmp_path):
     assert "nope.json" in flat(result.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli._fail prints the message as Rich markup: '[/x]' raises MarkupError (exit 1)",
-)
 def test_config_check_message_with_brackets(tmp_path):
     result = cli("config", "check", write_json(tmp_path / "bad.json", {"[/x]": 1}))
     assert result.exit_code == 2

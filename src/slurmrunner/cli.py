@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -73,7 +74,7 @@ ResultsOpt = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -152,7 +153,8 @@ def _summary(run: Run, status: RunStatus, elapsed: float | None = None) -> None:
     for r in results:
         if r.error and r.status == "failed":
             err.print(
-                f"[red]task {r.index} failed[/] ({r.error.cause}): {r.error.message}",
+                f"[red]task {r.index} failed[/] ({escape(r.error.cause)}): "
+                + escape(r.error.message),
                 highlight=False,
             )
             break
@@ -196,7 +198,7 @@ def config_check(file: Annotated[Path, typer.Argument(help="Config file to check
         _fail(str(exc))
     parts = cfg.default_slurm_config.partition or "(cluster default)"
     err.print(
-        f"[green]ok[/]: {file} (partition {parts}, gpu config: "
+        f"[green]ok[/]: {escape(str(file))} (partition {escape(parts)}, gpu config: "
         f"{'yes' if cfg.gpu_slurm_config else 'no'})",
         highlight=False,
     )

@@ -43,6 +43,9 @@ GONE = JobState("UNKNOWN", "no longer known to the scheduler")
 class Scheduler(Protocol):
     """Submits job scripts, reports their states, cancels them."""
 
+    #: True when poll() costs no controller RPC (the local scheduler): poll every cycle.
+    cheap_poll: bool
+
     def submit(self, script: str) -> str:
         """Submit; return the job id. TransientSchedulerError: retry; SchedulerError: refused."""
         ...

@@ -34,6 +34,8 @@ class _LocalJob:
 
 class LocalScheduler:
     _ids = itertools.count(1)
+    # Polling also starts queued jobs, so it must happen every cycle, and it costs nothing.
+    cheap_poll = True
 
     def __init__(self, max_cpus: int | None = None) -> None:
         self.max_cpus = max_cpus or os.cpu_count() or 1

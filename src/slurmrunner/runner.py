@@ -422,8 +422,10 @@ class Run:
         # A job that ended with an interruption or a killed task waits for the scheduler's
         # word on why: ask now rather than at the slow cadence (still at most once per min_s).
         urgent = any(self._awaits_state(r) for r in rows)
-        if now >= self._next_squeue or (
-            urgent and now >= self._last_squeue + self.poll_policy.squeue_min_s
+        if (
+            self.backend.scheduler.cheap_poll
+            or now >= self._next_squeue
+            or (urgent and now >= self._last_squeue + self.poll_policy.squeue_min_s)
         ):
             news |= self._squeue(rows)
             self._last_squeue = time.monotonic()
@@ -447,7 +449,7 @@ class Run:
 
     def _squeue(self, rows: list[JobRow]) -> bool:
         ids = [r.job_id for r in rows if r.job_id]
-        self.calls["squeue"] += 1
+        self.calls["squeue" if not self.backend.scheduler.cheap_poll else "local_poll"] += 1
         try:
             states = self.backend.scheduler.poll(ids)
         except (TransientSchedulerError, HostError) as exc:

@@ -1,8 +1,10 @@
 """A job, as the text of its submission script. Pure and deterministic.
 
 Layout: shebang; the #SBATCH lines the runner manages; the config's `extra_lines` verbatim and
-in order; `umask 077`; the user's exports; then the worker and its payload (the job's task list)
-as a here-document fed to python, so the script alone carries everything the job needs.
+in order (except that `#SBATCH` lines among them go before the first shell command: sbatch reads
+no directive after one, and merged layers would otherwise lose a later layer's directives);
+`umask 077`; the user's exports; then the worker and its payload (the job's task list) as a
+here-document fed to python, so the script alone carries everything the job needs.
 """
 
 from __future__ import annotations
@@ -99,7 +101,10 @@ def worker_payload(job: JobSpec) -> dict[str, Any]:
 def render_script(job: JobSpec, worker_source: str) -> str:
     """The whole script; `worker_source` is the text of slurmrunner/worker.py."""
     payload = json.dumps(worker_payload(job), sort_keys=True, separators=(",", ":"))
-    lines = [job.resources.shebang_line, *sbatch_directives(job), *job.resources.extra_lines]
+    extra = job.resources.extra_lines
+    directives = [line for line in extra if line.lstrip().startswith("#SBATCH")]
+    others = [line for line in extra if not line.lstrip().startswith("#SBATCH")]
+    lines = [job.resources.shebang_line, *sbatch_directives(job), *directives, *others]
     lines.append("umask 077")
     for name, path in job.exports.items():
         lines.append(f"export {name}={shell_word(path)}")

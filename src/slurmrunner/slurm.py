@@ -63,6 +63,8 @@ def parse_squeue(stdout: str) -> dict[str, tuple[JobState, str]]:
 
 
 class SlurmScheduler:
+    cheap_poll = False
+
     def __init__(self, submit_host: Host, query_host: Host) -> None:
         self.submit_host = submit_host
         self.query_host = query_host

@@ -248,6 +248,10 @@ def _open_socket(target: SSHTarget, timeout: float, deadline: float) -> socket.s
             last = exc
             continue
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Small request/reply packets (channel open, exec): without this, Nagle plus the
+            # server's delayed ACK cost 40 ms per command.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     if isinstance(last, ConnectionRefusedError):
         raise SSHConnectError(f"connection to {address} refused (no SSH server on that port?)")
@@ -775,7 +779,7 @@ class SSHHost:
                     continue
                 if channel.closed:
                     break
-                wait = 1.0
+                nap = 1.0
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -785,8 +789,8 @@ class SSHHost:
                             f"{timeout:g}s (it ran, and may still be running)",
                             argv,
                         )
-                    wait = min(wait, left)
-                select.select([wake], [], [], wait)
+                    nap = min(nap, left)
+                select.select([wake], [], [], nap)
         finally:
             if writer is not None:
                 if writer.is_alive():
