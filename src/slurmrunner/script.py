@@ -91,6 +91,7 @@ def worker_payload(job: JobSpec) -> dict[str, Any]:
         "run_dir": job.run_dir,
         "workdir": job.workdir,
         "results": results_relpath(job.job_index),
+        "output": job.output_file,
         "command": list(job.command),
         "call": job.call,
         "parallel": job.plan.parallel_tasks_per_job,

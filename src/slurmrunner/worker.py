@@ -287,6 +287,10 @@ class Worker(object):
                 time.sleep(0.05)
 
     def main(self):
+        # slurmstepd creates the job's output file with the submitter's umask (sshd's 022):
+        # the run folder is private already, but leave nothing group- or world-readable.
+        if self.p.get("output") and os.path.exists(self.p["output"]):
+            os.chmod(self.p["output"], 0o600)
         self.emit(
             {
                 "event": "start",
