@@ -23,7 +23,16 @@ from typing import Any
 from .backends import Backend, backend_for
 from .batching import BatchPlan, plan_batches
 from .config import SlurmRunnerConfig, TaskResources, merge_resources
-from .errors import ConfigError, HostError, SchedulerError, TransientSchedulerError
+from .errors import (
+    ConfigError,
+    HostError,
+    ImpersonationError,
+    SchedulerError,
+    SSHAuthError,
+    SSHHostKeyError,
+    SSHKeyError,
+    TransientSchedulerError,
+)
 from .jobstate import JobState
 from .profiles import Profile
 from .quoting import cluster_path
@@ -34,6 +43,8 @@ from .store import JobRow, Store
 log = logging.getLogger("slurmrunner")
 
 CALL_FORMS = ("fractal", "stdin")
+# Host errors that waiting does not cure: stop at once and say why.
+_NOT_TRANSIENT = (SSHKeyError, SSHHostKeyError, SSHAuthError, ImpersonationError)
 Progress = Callable[["RunStatus"], None]
 
 
@@ -314,9 +325,20 @@ class Run:
         self.store.set_run_state(self.id, "running")
         self._flush_counters()
 
-    def _user(self, argv: list[str], check: bool = False, stdin: str | None = None) -> Any:
-        self.calls[argv[0]] += 1
-        result = self.backend.user_host.run(argv, stdin=stdin)
+    def _user(self, argv: list[str], check: bool = False) -> Any:
+        """An idempotent command as the user (mkdir -p, cat): run again if the connection
+        dropped while it ran."""
+        delays = [0.5, 1.0, 2.0]
+        while True:
+            self.calls[argv[0]] += 1
+            try:
+                result = self.backend.user_host.run(argv)
+                break
+            except HostError as exc:
+                if not getattr(exc, "maybe_ran", False) or not delays:
+                    raise
+                log.warning("%s interrupted (%s); running it again", argv[0], exc)
+                time.sleep(delays.pop(0))
         if check and not result.ok:
             raise HostError(f"{' '.join(argv[:2])} ... failed: {result.stderr.strip()}")
         return result
@@ -360,6 +382,8 @@ class Run:
             try:
                 self.calls["sbatch"] += 1
                 return self.backend.scheduler.submit(script)
+            except _NOT_TRANSIENT:
+                raise
             except (TransientSchedulerError, HostError) as exc:
                 if not delays:
                     raise SchedulerError(f"gave up submitting {name}: {exc}") from exc
@@ -481,7 +505,15 @@ class Run:
         if not todo:
             return False
         paths = [f"{self.run_dir}/results/{r.idx}.jsonl" for r in todo]
-        result = self._user(["cat", *paths])
+        try:
+            result = self._user(["cat", *paths])
+        except _NOT_TRANSIENT:
+            raise
+        except HostError as exc:
+            # The cluster is out of reach for now: results wait in their files; read later.
+            self.warnings.append(f"cat: {exc}")
+            log.warning("reading results failed (%s); will retry", exc)
+            return False
         if not result.ok:
             other = [
                 line
@@ -555,7 +587,10 @@ class Run:
         return True
 
     def _job_output_tail(self, row: JobRow, limit: int = 2048) -> str:
-        result = self._user(["cat", f"{self.run_dir}/jobs/{row.idx}.out"])
+        try:
+            result = self._user(["cat", f"{self.run_dir}/jobs/{row.idx}.out"])
+        except HostError:
+            return ""
         text = result.stdout if result.ok else ""
         return text[-limit:]
 
