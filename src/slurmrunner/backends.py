@@ -15,7 +15,7 @@ from .hosts.sudo import SudoHost
 from .jobstate import Scheduler
 from .local_jobs import LocalScheduler
 from .profiles import Profile
-from .slurm import SlurmScheduler
+from .slurm import SharedSqueue, SlurmScheduler
 
 
 @dataclass
@@ -31,6 +31,13 @@ class Backend:
 
 _lock = threading.Lock()
 _cache: dict[str, Backend] = {}
+_queries: dict[str, SharedSqueue] = {}
+
+
+def _shared_squeue(key: str, host: Host) -> SharedSqueue:
+    if key not in _queries:
+        _queries[key] = SharedSqueue(host)
+    return _queries[key]
 
 
 def _build(profile: Profile) -> Backend:
@@ -39,7 +46,9 @@ def _build(profile: Profile) -> Backend:
     if profile.backend == "slurm_sudo":
         assert profile.username is not None
         sudo = SudoHost(profile.username)
-        return Backend(sudo, SlurmScheduler(submit_host=sudo, query_host=LocalHost()))
+        # squeue runs as the server user itself: one query for the jobs of every user.
+        query = _shared_squeue("local", LocalHost())
+        return Backend(sudo, SlurmScheduler(submit_host=sudo, query=query))
     from .hosts.ssh import SSHHost
 
     assert profile.host and profile.username and profile.ssh_key_path
@@ -51,7 +60,8 @@ def _build(profile: Profile) -> Backend:
         known_hosts=profile.known_hosts,
         connect_timeout=profile.connect_timeout_s,
     )
-    return Backend(ssh, SlurmScheduler(submit_host=ssh, query_host=ssh))
+    query = _shared_squeue(f"ssh:{profile.username}@{profile.host}:{profile.port}", ssh)
+    return Backend(ssh, SlurmScheduler(submit_host=ssh, query=query))
 
 
 def backend_for(profile: Profile) -> Backend:

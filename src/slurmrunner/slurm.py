@@ -6,6 +6,9 @@ the job's owner (sbatch, scancel), `query_host` asks the controller (squeue).
 
 from __future__ import annotations
 
+import threading
+import time
+
 from .errors import SchedulerError, TransientSchedulerError
 from .hosts.base import CommandResult, Host
 from .jobstate import GONE, JobState
@@ -62,12 +65,53 @@ def parse_squeue(stdout: str) -> dict[str, tuple[JobState, str]]:
     return states
 
 
+class SharedSqueue:
+    """One `squeue` for every job this process watches through one query host.
+
+    Each run asks for its own jobs; the call covers every id asked for in the last `window`
+    seconds (all runs, all users the query identity can see), and an answer younger than
+    `max_age` seconds is served again without asking the controller.
+    """
+
+    def __init__(self, host: Host, max_age: float = 0.5, window: float = 120.0) -> None:
+        self.host = host
+        self.max_age = max_age
+        self.window = window
+        self._lock = threading.Lock()
+        self._wanted: dict[str, float] = {}
+        self._answer: dict[str, tuple[JobState, str]] = {}
+        self._answered: set[str] = set()
+        self._answered_at = float("-inf")
+
+    def query(self, selector: list[str]) -> dict[str, tuple[JobState, str]]:
+        argv = ["squeue", "--noheader", "--states=all", f"--format={_SQUEUE_FORMAT}", *selector]
+        result = self.host.run(argv)
+        if not result.ok:
+            if _INVALID_JOB_ID in result.stderr.lower():
+                return {}  # the one requested id is not known any more
+            _raise_for(result, "squeue failed")
+        return parse_squeue(result.stdout)
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        with self._lock:
+            now = time.monotonic()
+            fresh = now - self._answered_at < self.max_age
+            if not (fresh and self._answered.issuperset(job_ids)):
+                for job_id in job_ids:
+                    self._wanted[job_id] = now
+                self._wanted = {j: t for j, t in self._wanted.items() if now - t < self.window}
+                ids = sorted(self._wanted, key=int)
+                self._answer = self.query([f"--jobs={','.join(ids)}"])
+                self._answered, self._answered_at = set(ids), time.monotonic()
+            return {j: self._answer[j][0] if j in self._answer else GONE for j in job_ids}
+
+
 class SlurmScheduler:
     cheap_poll = False
 
-    def __init__(self, submit_host: Host, query_host: Host) -> None:
+    def __init__(self, submit_host: Host, query: SharedSqueue) -> None:
         self.submit_host = submit_host
-        self.query_host = query_host
+        self.squeue = query
 
     def submit(self, script: str) -> str:
         result = self.submit_host.run(["sbatch", "--parsable"], stdin=script)
@@ -75,25 +119,13 @@ class SlurmScheduler:
             _raise_for(result, "sbatch refused the job")
         return parse_sbatch_parsable(result.stdout)
 
-    def _squeue(self, selector: list[str]) -> dict[str, tuple[JobState, str]]:
-        argv = ["squeue", "--noheader", "--states=all", f"--format={_SQUEUE_FORMAT}", *selector]
-        result = self.query_host.run(argv)
-        if not result.ok:
-            if _INVALID_JOB_ID in result.stderr.lower():
-                return {}  # none of the requested ids is known any more
-            _raise_for(result, "squeue failed")
-        return parse_squeue(result.stdout)
-
     def poll(self, job_ids: list[str]) -> dict[str, JobState]:
-        if not job_ids:
-            return {}
-        known = self._squeue([f"--jobs={','.join(job_ids)}"])
-        return {job_id: known[job_id][0] if job_id in known else GONE for job_id in job_ids}
+        return self.squeue.states(job_ids) if job_ids else {}
 
     def find(self, job_names: list[str]) -> dict[str, str]:
         if not job_names:
             return {}
-        known = self._squeue([f"--name={','.join(job_names)}"])
+        known = self.squeue.query([f"--name={','.join(job_names)}"])
         return {name: job_id for job_id, (_, name) in known.items() if name in job_names}
 
     def cancel(self, job_ids: list[str]) -> None:
