@@ -320,7 +320,8 @@ class Run:
         """Create the run folder as the user and submit every job not yet submitted."""
         base = self.spec.profile.resolved_project_dir()
         dirs = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs", self.run_dir]
-        self._user(["mkdir", "-p", "-m", "700", *dirs, f"{self.run_dir}/jobs"], check=True)
+        subdirs = [f"{self.run_dir}/{sub}" for sub in ("jobs", "logs", "tasks", "results")]
+        self._user(["mkdir", "-p", "-m", "700", *dirs, *subdirs], check=True)
         self._submit_missing()
         self.store.set_run_state(self.id, "running")
         self._flush_counters()

@@ -107,9 +107,8 @@ class Worker(object):
         self.cgroup_files = _memory_cgroup_files()
         self.oom_seen = _oom_kills(self.cgroup_files)
         for sub in ("logs", "tasks", "results"):
-            path = os.path.join(self.run_dir, sub)
-            if not os.path.isdir(path):
-                os.makedirs(path, 0o700)
+            # Jobs of one run start together: another worker may create it first.
+            os.makedirs(os.path.join(self.run_dir, sub), 0o700, exist_ok=True)
         results = os.path.join(self.run_dir, payload["results"])
         self.out = os.open(results, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
