@@ -1,0 +1,71 @@
+"""How a task's outcome is decided from the worker's record and its job's end state (pure)."""
+
+import pytest
+
+from slurmrunner.jobstate import GONE, JobState
+from slurmrunner.results import TaskResult, cancelled, from_record, without_record
+from slurmrunner.slurm import is_transient, parse_sbatch_parsable, parse_squeue
+
+
+def rec(status="ok", cause=None, **kw):
+    r = {"i": 7, "job": 0, "status": status, "duration_s": 0.5, "max_rss_mb": 12.0, "log": "l"}
+    if cause:
+        r["error"] = {"cause": cause, "message": "m", "log_tail": "tail"}
+    return {**r, **kw}
+
+
+def test_ok_record_is_the_only_success():
+    r = from_record(rec(result={"a": 1}), "12", None)
+    assert (r.status, r.result, r.job_id, r.max_rss_mb) == ("ok", {"a": 1}, "12", 12.0)
+
+
+@pytest.mark.parametrize(
+    ("state", "cause", "status"),
+    [
+        ("OUT_OF_MEMORY", "out_of_memory", "failed"),
+        ("TIMEOUT", "time_limit", "failed"),
+        ("CANCELLED", "cancelled", "cancelled"),
+        ("NODE_FAIL", "node_failure", "failed"),
+        ("PREEMPTED", "preempted", "failed"),
+        ("FAILED", "job_failed", "failed"),
+        ("UNKNOWN", "lost", "failed"),
+        ("COMPLETED", "lost", "failed"),
+    ],
+)
+def test_a_task_without_record_gets_the_jobs_cause(state, cause, status):
+    r = without_record(3, "99", state, "Reason", "slurmstepd: error: x")
+    assert (r.status, r.error.cause) == (status, cause)
+    assert "99" in r.error.message
+    assert r.error.log_tail == "slurmstepd: error: x"
+
+
+@pytest.mark.parametrize(
+    ("state", "cause"), [("TIMEOUT", "time_limit"), ("CANCELLED", "cancelled"), (None, "signal")]
+)
+def test_killed_or_interrupted_task_takes_the_jobs_cause(state, cause):
+    assert from_record(rec("failed", "signal"), "1", state).error.cause == cause
+
+
+def test_the_tasks_own_failure_is_kept_whatever_the_job_did():
+    r = from_record(rec("failed", "exit_code"), "1", "OUT_OF_MEMORY")
+    assert (r.error.cause, r.error.log_tail) == ("exit_code", "tail")
+
+
+def test_round_trip_and_cancelled():
+    r = cancelled(4, "8")
+    assert TaskResult.from_dict(r.to_dict()) == r
+    assert r.status == "cancelled"
+
+
+def test_squeue_parsing_and_transient_errors():
+    out = "3|COMPLETED|None|sr-a-0\n4|CANCELLED by 1003|None|sr-a-1\n2|RUNNING|None|sr-a-2\n"
+    states = parse_squeue(out)
+    assert states["4"][0] == JobState("CANCELLED", "None")
+    assert states["3"][0].terminal and not states["2"][0].terminal
+    assert states["2"][1] == "sr-a-2"
+    assert GONE.state == "UNKNOWN"
+    assert is_transient("slurm_load_jobs error: Socket timed out on send/recv operation")
+    assert is_transient("Unable to contact slurm controller (connect failure)")
+    assert not is_transient("sbatch: error: invalid partition specified: nosuch")
+    assert parse_sbatch_parsable("1234\n") == "1234"
+    assert parse_sbatch_parsable("1234;cluster\n") == "1234"
