@@ -36,7 +36,7 @@ from .errors import (
 from .jobstate import JobState
 from .profiles import Profile
 from .quoting import cluster_path
-from .results import TaskResult, cancelled, from_record, without_record
+from .results import TaskError, TaskResult, cancelled, from_record, without_record
 from .script import JobSpec, check_script_size, job_name, render_script
 from .store import JobRow, Store
 
@@ -351,9 +351,9 @@ class Run:
         plan = self.spec.plan
         for row in todo:
             if row.state == "SUBMITTING":  # an earlier process died around sbatch
-                found = self._find([job_name(self.id, row.idx)])
+                found = self._find_patiently(job_name(self.id, row.idx))
                 if found:
-                    self._adopt(row, next(iter(found.values())))
+                    self._adopt(row, found)
                     continue
             args = self.store.task_args(self.id, row.task_range)
             job = self.spec.job(row.idx, list(zip(row.task_range, args, strict=True)), plan)
@@ -375,6 +375,21 @@ class Run:
     def _find(self, names: list[str]) -> dict[str, str]:
         self.calls["squeue"] += 1
         return self.backend.scheduler.find(names)
+
+    def _find_patiently(self, name: str) -> str | None:
+        """The id of a job submitted under `name`; never guesses while SLURM cannot answer."""
+        delays = list(self.poll_policy.submit_retry_s)
+        while True:
+            try:
+                return self._find([name]).get(name)
+            except _NOT_TRANSIENT:
+                raise
+            except (TransientSchedulerError, HostError) as exc:
+                if not delays:
+                    raise SchedulerError(
+                        f"cannot tell whether {name} was submitted: {exc}"
+                    ) from exc
+                time.sleep(delays.pop(0))
 
     def _sbatch(self, script: str, name: str) -> str:
         """Submit once; after a failure that may have gone through, look before trying again."""
@@ -399,8 +414,6 @@ class Run:
                     return found[name]
 
     def _fail_job(self, row: JobRow, cause: str, message: str) -> None:
-        from .results import TaskError
-
         results = [
             TaskResult(i, "failed", error=TaskError(cause, message))
             for i in row.task_range
