@@ -51,15 +51,7 @@ def _build(profile: Profile) -> Backend:
         return Backend(sudo, SlurmScheduler(submit_host=sudo, query=query))
     from .hosts.ssh import SSHHost
 
-    assert profile.host and profile.username and profile.ssh_key_path
-    ssh = SSHHost(
-        host=profile.host,
-        port=profile.port,
-        username=profile.username,
-        key_path=profile.ssh_key_path,
-        known_hosts=profile.known_hosts,
-        connect_timeout=profile.connect_timeout_s,
-    )
+    ssh = SSHHost.for_profile(profile)
     query = _shared_squeue(f"ssh:{profile.username}@{profile.host}:{profile.port}", ssh)
     return Backend(ssh, SlurmScheduler(submit_host=ssh, query=query))
 

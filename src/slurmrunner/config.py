@@ -163,11 +163,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SlurmConfigSet(_Strict):
-    """One set of SLURM options (`default_slurm_config` or `gpu_slurm_config`)."""
+class _SlurmOptions(_Strict):
+    """Options shared by a config set and a task's overrides (`mem` and `time` are per task)."""
 
     partition: str | None = None
-    cpus_per_task: int = Field(default=1, ge=1)
     mem: Memory | None = Field(default=None, description="per task, MB or '4G'")
     time: SlurmTime | None = Field(default=None, description="per task")
     account: str | None = None
@@ -178,6 +177,17 @@ class SlurmConfigSet(_Strict):
     exclude: str | None = None
     nodelist: str | None = None
     extra_lines: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _extra_lines(self) -> _SlurmOptions:
+        check_extra_lines(self.extra_lines, self.model_fields_set - {"extra_lines"}, "")
+        return self
+
+
+class SlurmConfigSet(_SlurmOptions):
+    """One set of SLURM options (`default_slurm_config` or `gpu_slurm_config`)."""
+
+    cpus_per_task: int = Field(default=1, ge=1)
     pre_submission_commands: list[str] = Field(default_factory=list)
     shebang_line: str = "#!/bin/bash"
     use_mem_per_cpu: bool = False
@@ -199,11 +209,6 @@ class SlurmConfigSet(_Strict):
                 "pre_submission_commands is not supported: put setup in extra_lines instead"
             )
         return v
-
-    @model_validator(mode="after")
-    def _extra_lines(self) -> SlurmConfigSet:
-        check_extra_lines(self.extra_lines, self.model_fields_set - {"extra_lines"}, "")
-        return self
 
 
 class BatchingConfig(_Strict):
@@ -275,29 +280,13 @@ class SlurmRunnerConfig(_Strict):
         return v
 
 
-class TaskResources(_Strict):
+class TaskResources(_SlurmOptions):
     """A task's own resource overrides; unset fields fall back to the admin's config."""
 
-    partition: str | None = None
     cpus_per_task: int | None = Field(default=None, ge=1)
-    mem: Memory | None = None
-    time: SlurmTime | None = None
-    account: str | None = None
-    qos: str | None = None
-    gres: str | None = None
-    gpus: str | None = None
-    constraint: str | None = None
-    exclude: str | None = None
-    nodelist: str | None = None
     needs_gpu: bool = False
-    extra_lines: list[str] = Field(default_factory=list)
     tasks_per_job: int | None = Field(default=None, ge=1)
     parallel_tasks_per_job: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _extra_lines(self) -> TaskResources:
-        check_extra_lines(self.extra_lines, self.model_fields_set - {"extra_lines"}, "")
-        return self
 
 
 class JobResources(BaseModel):

@@ -137,6 +137,20 @@ class Srv:
             raise AssertionError(f"timed out: {shlex.join(args)}\n{err}") from None
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
+    def files(
+        self, profile: dict[str, Any], inputs: list[Any], config: dict[str, Any] | None = None
+    ) -> list[str]:
+        """--config, --profile and --inputs options, their files readable by the server."""
+        tag = f"{time.monotonic_ns()}"
+        return [
+            "--config",
+            self.write(f"config-{tag}.json", config or CONFIG),
+            "--profile",
+            self.write(f"profile-{tag}.json", profile),
+            "--inputs",
+            self.write(f"inputs-{tag}.jsonl", inputs),
+        ]
+
     def run_inputs(
         self,
         profile: dict[str, Any],
@@ -144,12 +158,15 @@ class Srv:
         config: dict[str, Any] | None = None,
         extra: tuple[str, ...] = (),
     ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-        tag = f"{time.monotonic_ns()}"
-        cfg = self.write(f"config-{tag}.json", config or CONFIG)
-        prof = self.write(f"profile-{tag}.json", profile)
-        inp = self.write(f"inputs-{tag}.jsonl", inputs)
-        proc = self("run", "--config", cfg, "--profile", prof, "--inputs", inp, *extra, "--", TASK)
+        proc = self("run", *self.files(profile, inputs, config), *extra, "--", TASK)
         return proc, parse_results(proc.stdout)
+
+    def submit(
+        self, profile: dict[str, Any], inputs: list[Any], config: dict[str, Any] | None = None
+    ) -> str:
+        sub = self("submit", *self.files(profile, inputs, config), "--", TASK)
+        assert sub.returncode == 0, sub.stderr
+        return sub.stdout.strip()
 
 
 def parse_results(text: str) -> list[dict[str, Any]]:

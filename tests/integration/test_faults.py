@@ -10,21 +10,12 @@ import time
 from .conftest import CONFIG, REPO, TASK, Srv, parse_results, profiles, squeue
 
 
-def _submit(srv: Srv, profile: dict, inputs: list, config: dict | None = None) -> str:
-    cfg = srv.write(f"c{time.monotonic_ns()}.json", config or CONFIG)
-    prof = srv.write(f"p{time.monotonic_ns()}.json", profile)
-    inp = srv.write(f"i{time.monotonic_ns()}.jsonl", inputs)
-    sub = srv("submit", "--config", cfg, "--profile", prof, "--inputs", inp, "--", TASK)
-    assert sub.returncode == 0, sub.stderr
-    return sub.stdout.strip()
-
-
 def test_job_past_its_time_limit_reports_time_limit(srv: Srv) -> None:
     # time is per task: 1 minute; 2 tasks per job run in parallel, so the job gets 1 minute.
     # SLURM enforces limits on a 30 s tick: both backends wait for it side by side.
     config = {**CONFIG, "default_slurm_config": {**CONFIG["default_slurm_config"], "time": "1"}}
     runs = [
-        _submit(srv, profile, [{"x": 1}, {"sleep": 600}], config) for profile in profiles().values()
+        srv.submit(profile, [{"x": 1}, {"sleep": 600}], config) for profile in profiles().values()
     ]
     waiters = [srv.popen("wait", run_id) for run_id in runs]
     for waiter in waiters:
@@ -40,7 +31,7 @@ def test_job_past_its_time_limit_reports_time_limit(srv: Srv) -> None:
 def test_controller_down_for_15s_loses_nothing(srv: Srv) -> None:
     # One outage, watched by a run of each backend.
     inputs = [{"x": i, "sleep": 2} for i in range(16)]
-    runs = [_submit(srv, profile, inputs) for profile in profiles().values()]
+    runs = [srv.submit(profile, inputs) for profile in profiles().values()]
     waiters = [srv.popen("wait", run_id) for run_id in runs]
     time.sleep(3)
     subprocess.run([str(REPO / "scripts/cluster-down"), "slurmctld"], check=True)
@@ -57,10 +48,8 @@ def test_controller_down_for_15s_loses_nothing(srv: Srv) -> None:
 
 
 def test_runner_killed_mid_run_then_wait_finds_everything(srv: Srv, profile: dict) -> None:
-    cfg = srv.write("c.json", CONFIG)
-    prof = srv.write("p.json", profile)
-    inp = srv.write("i.jsonl", [{"x": i, "sleep": 1} for i in range(20)])
-    runner = srv.popen("run", "--config", cfg, "--profile", prof, "--inputs", inp, "--", TASK)
+    inputs = [{"x": i, "sleep": 1} for i in range(20)]
+    runner = srv.popen("run", *srv.files(profile, inputs), "--", TASK)
     assert runner.stderr is not None
     first = runner.stderr.readline()  # "run <id>: 20 tasks in N jobs"
     assert first.startswith("run "), first

@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from .conftest import CONFIG, PROJECT, Srv, parse_results, squeue
+from .conftest import PROJECT, Srv, parse_results, squeue
 
 
 def _job_ids(results: list[dict]) -> set[str]:
@@ -68,23 +68,7 @@ def test_memory_over_the_limit_is_out_of_memory(srv: Srv, profile: dict) -> None
 
 
 def test_cancel_cancels_every_unfinished_task_and_leaves_no_job(srv: Srv, profile: dict) -> None:
-    cfg = srv.write("c.json", CONFIG)
-    prof = srv.write("p.json", profile)
-    inp = srv.write("i.jsonl", [{"sleep": 120} for _ in range(6)])
-    sub = srv(
-        "submit",
-        "--config",
-        cfg,
-        "--profile",
-        prof,
-        "--inputs",
-        inp,
-        "--",
-        "/usr/bin/python3",
-        "/opt/slurmrunner/it/task_program.py",
-    )
-    assert sub.returncode == 0, sub.stderr
-    run_id = sub.stdout.strip()
+    run_id = srv.submit(profile, [{"sleep": 120} for _ in range(6)])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if "RUNNING" in srv("status", run_id).stderr:
@@ -132,23 +116,7 @@ def test_bad_username_is_refused_before_anything_is_submitted(srv: Srv) -> None:
 
 
 def test_results_stream_into_the_store_and_wait_collects_them(srv: Srv, profile: dict) -> None:
-    cfg = srv.write("c.json", CONFIG)
-    prof = srv.write("p.json", profile)
-    inp = srv.write("i.jsonl", [{"x": i} for i in range(10)])
-    sub = srv(
-        "submit",
-        "--config",
-        cfg,
-        "--profile",
-        prof,
-        "--inputs",
-        inp,
-        "--",
-        "/usr/bin/python3",
-        "/opt/slurmrunner/it/task_program.py",
-    )
-    assert sub.returncode == 0, sub.stderr
-    run_id = sub.stdout.strip()
+    run_id = srv.submit(profile, [{"x": i} for i in range(10)])
     waited = srv("wait", run_id)
     assert waited.returncode == 0, waited.stderr
     results = parse_results(waited.stdout)

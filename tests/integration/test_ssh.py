@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONFIG, RIG_ENV, SERVER, TASK, Srv, parse_results, profiles, squeue
+from .conftest import RIG_ENV, SERVER, TASK, Srv, parse_results, profiles, squeue
 
 PORT = int(RIG_ENV.get("RIG_SSH_PORT", "2222"))
 
@@ -48,10 +48,8 @@ def _kill_connection(pid: int, timeout: float = 20) -> int:
 
 def test_sshd_of_the_live_connection_killed_twice(srv: Srv) -> None:
     profile = profiles()["ssh"]
-    cfg = srv.write("c.json", CONFIG)
-    prof = srv.write("p.json", profile)
-    inp = srv.write("i.jsonl", [{"x": i, "sleep": 1} for i in range(20)])
-    runner = srv.popen("run", "--config", cfg, "--profile", prof, "--inputs", inp, "--", TASK)
+    inputs = [{"x": i, "sleep": 1} for i in range(20)]
+    runner = srv.popen("run", *srv.files(profile, inputs), "--", TASK)
     killed = [_kill_connection(runner.pid)]  # as early as possible: during mkdir or sbatch
     time.sleep(3)
     killed.append(_kill_connection(runner.pid))
