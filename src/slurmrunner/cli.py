@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .config import SlurmRunnerConfig, load_config_file, load_json_or_toml, parse_resources
-from .errors import SlurmRunnerError
+from .errors import ConfigError, SlurmRunnerError
 from .profiles import Profile, load_profile_file
 from .results import TaskResult
 from .runner import Run, Runner, RunStatus
@@ -102,7 +102,12 @@ def _read_inputs(path: Path) -> list[Any]:
 def _resources(value: str | None) -> Any:
     if value is None:
         return None
-    data = load_json_or_toml(value) if Path(value).is_file() else json.loads(value)
+    if Path(value).is_file():
+        return parse_resources(load_json_or_toml(value))
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--resources: neither a file nor JSON ({exc.msg})") from None
     return parse_resources(data)
 
 

@@ -51,5 +51,5 @@ class TransientSchedulerError(SchedulerError):
     """The scheduler did not answer this time (e.g. 'Socket timed out'): retry, never conclude."""
 
 
-class RunNotFoundError(SlurmRunnerError, KeyError):
+class RunNotFoundError(SlurmRunnerError, LookupError):
     """No run with that id in the store."""
