@@ -39,7 +39,7 @@ def test_attach_finds_the_run_and_its_results(tmp_path):
     again = Runner.attach(run.id, r.store)
     assert again.results() == first
     assert again.status().done
-    assert again.status().calls["sbatch"] == 2
+    assert again.status().calls["local_submit"] == 2
 
 
 def test_explicit_batching_is_honoured(tmp_path):

@@ -45,6 +45,8 @@ class Scheduler(Protocol):
 
     #: True when poll() costs no controller RPC (the local scheduler): poll every cycle.
     cheap_poll: bool
+    #: What the run summary calls submit / poll / cancel (e.g. sbatch / squeue / scancel).
+    call_names: dict[str, str]
 
     def submit(self, script: str) -> str:
         """Submit; return the job id. TransientSchedulerError: retry; SchedulerError: refused."""

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .errors import SchedulerError
 from .jobstate import GONE, JobState
@@ -36,6 +37,11 @@ class LocalScheduler:
     _ids = itertools.count(1)
     # Polling also starts queued jobs, so it must happen every cycle, and it costs nothing.
     cheap_poll = True
+    call_names: ClassVar[dict[str, str]] = {
+        "submit": "local_submit",
+        "poll": "local_poll",
+        "cancel": "local_cancel",
+    }
 
     def __init__(self, max_cpus: int | None = None) -> None:
         self.max_cpus = max_cpus or os.cpu_count() or 1

@@ -373,7 +373,7 @@ class Run:
         self.store.update_job(self.id, row.idx, job_id=job_id, state="PENDING")
 
     def _find(self, names: list[str]) -> dict[str, str]:
-        self.calls["squeue"] += 1
+        self.calls[self.backend.scheduler.call_names["poll"]] += 1
         return self.backend.scheduler.find(names)
 
     def _find_patiently(self, name: str) -> str | None:
@@ -396,7 +396,7 @@ class Run:
         delays = list(self.poll_policy.submit_retry_s)
         while True:
             try:
-                self.calls["sbatch"] += 1
+                self.calls[self.backend.scheduler.call_names["submit"]] += 1
                 return self.backend.scheduler.submit(script)
             except _NOT_TRANSIENT:
                 raise
@@ -487,12 +487,12 @@ class Run:
 
     def _squeue(self, rows: list[JobRow]) -> bool:
         ids = [r.job_id for r in rows if r.job_id]
-        self.calls["squeue" if not self.backend.scheduler.cheap_poll else "local_poll"] += 1
+        self.calls[self.backend.scheduler.call_names["poll"]] += 1
         try:
             states = self.backend.scheduler.poll(ids)
         except (TransientSchedulerError, HostError) as exc:
             # No answer is not an answer: keep every job as it was and ask again later.
-            self.calls["squeue_errors"] += 1
+            self.calls[self.backend.scheduler.call_names["poll"] + "_errors"] += 1
             self.warnings.append(f"squeue: {exc}")
             log.warning("squeue failed (%s); will retry", exc)
             self._squeue_interval = self.poll_policy.squeue_min_s
@@ -630,7 +630,7 @@ class Run:
         rows = [r for r in self.store.jobs(self.id) if not r.done]
         ids = [r.job_id for r in rows if r.job_id]
         if ids:
-            self.calls["scancel"] += 1
+            self.calls[self.backend.scheduler.call_names["cancel"]] += 1
             self.backend.scheduler.cancel(ids)
         for row in rows:
             self._save(cancelled(i, row.job_id) for i in row.task_range)

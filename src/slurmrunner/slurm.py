@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import ClassVar
 
 from .errors import SchedulerError, TransientSchedulerError
 from .hosts.base import CommandResult, Host
@@ -108,6 +109,11 @@ class SharedSqueue:
 
 class SlurmScheduler:
     cheap_poll = False
+    call_names: ClassVar[dict[str, str]] = {
+        "submit": "sbatch",
+        "poll": "squeue",
+        "cancel": "scancel",
+    }
 
     def __init__(self, submit_host: Host, query: SharedSqueue) -> None:
         self.submit_host = submit_host
