@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections import Counter
@@ -43,6 +44,8 @@ from .store import JobRow, Store
 log = logging.getLogger("slurmrunner")
 
 CALL_FORMS = ("fractal", "stdin")
+# How the worker starts a task's record; lets a re-read line be skipped without parsing it.
+_RECORD_HEAD = re.compile(r'\{"i":(\d+),')
 # Host errors that waiting does not cure: stop at once and say why.
 _NOT_TRANSIENT = (SSHKeyError, SSHHostKeyError, SSHAuthError, ImpersonationError)
 Progress = Callable[["RunStatus"], None]
@@ -300,6 +303,7 @@ class Run:
         self.calls: Counter[str] = Counter()
         self.warnings: list[str] = []
         self._watch: dict[int, _JobWatch] = {}
+        self._read: set[int] = set()  # task indices whose record this process has read
         self._finished = store.finished_indices(run_id)
         self._read_interval = poll.read_min_s
         self._squeue_interval = poll.squeue_min_s
@@ -541,6 +545,9 @@ class Run:
         for line in result.stdout.split("\n"):
             if not line.endswith("}"):
                 continue  # empty, or a line still being written: read again next cycle
+            head = _RECORD_HEAD.match(line)
+            if head and int(head[1]) in self._read:
+                continue  # read in an earlier cycle: files are re-read whole, parse once
             try:
                 rec = json.loads(line)
             except ValueError:
@@ -555,6 +562,7 @@ class Run:
                 news = True
             elif "i" in rec and rec["i"] not in w.records and rec["i"] in row.task_range:
                 w.records[rec["i"]] = rec
+                self._read.add(rec["i"])
                 news = True
         return news
 
@@ -641,12 +649,11 @@ class Run:
 
     # reading
     def status(self) -> RunStatus:
-        results = self.store.results(self.id)
         jobs = self.store.jobs(self.id)
         return RunStatus(
             run_id=self.id,
             n_tasks=self.n_tasks,
-            counts=Counter(r.status for r in results.values()),
+            counts=self.store.status_counts(self.id),
             jobs=Counter(j.state for j in jobs),
             calls=self.store.counters(self.id),
             warnings=list(self.warnings),

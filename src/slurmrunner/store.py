@@ -181,6 +181,16 @@ class Store:
             ).fetchall()
         return {r[0]: TaskResult.from_dict(json.loads(r[1])) for r in rows}
 
+    def status_counts(self, run_id: str) -> Counter[str]:
+        """Finished tasks by status (ok / failed / cancelled), counted inside SQLite."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT json_extract(result, '$.status'), COUNT(*) FROM tasks "
+                "WHERE run_id = ? AND result IS NOT NULL GROUP BY 1",
+                (run_id,),
+            ).fetchall()
+        return Counter(dict(rows))
+
     def finished_indices(self, run_id: str) -> set[int]:
         with self._lock:
             rows = self._db.execute(
