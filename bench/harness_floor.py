@@ -1,0 +1,91 @@
+"""Bench harness: the floor. One hand-written sbatch job that runs the workload's commands with
+the same parallelism (`xargs -P`), as the cluster user, with Debian's /usr/bin/python3.
+
+    python3 harness_floor.py SPEC.json
+
+SPEC: {"dir": dir under the user's home, "command": "/path/task", "n_tasks": N,
+       "parallel": 2, "partition": "main", "mem_mb": 200, "timeout_s": s}
+Prints one line `BENCH_RESULT {json}` on stdout.
+
+Timed from just before `sbatch` until the job's own last line (`date` written by the job when
+the last command has ended): submission to completion, with no polling delay of ours in it.
+The harness learns of the end by looking for that file (no SLURM call).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+
+
+def cpu(who: int) -> float:
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
+
+
+def main() -> None:
+    spec = json.load(open(sys.argv[1]))
+    d = spec["dir"]
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    n, parallel = spec["n_tasks"], spec["parallel"]
+    q = shlex.quote
+    script = f"""#!/bin/bash
+#SBATCH --job-name=bench-floor
+#SBATCH --partition={spec["partition"]}
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task={parallel}
+#SBATCH --mem={spec["mem_mb"]}M
+#SBATCH --output={d}/floor.out
+date +%s.%N > {q(d)}/started
+seq 0 {n - 1} | xargs -P {parallel} -I{{}} {q(spec["command"])} --index {{}}
+echo $? > {q(d)}/status
+date +%s.%N > {q(d)}/ended.tmp && mv {q(d)}/ended.tmp {q(d)}/ended
+"""
+    path = os.path.join(d, "floor.sh")
+    with open(path, "w") as fh:
+        fh.write(script)
+    ended = os.path.join(d, "ended")
+    c_self, c_kids = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    t_submit = time.time()
+    t0 = time.monotonic()
+    job_id = (
+        subprocess.run(["sbatch", "--parsable", path], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .split(";")[0]
+    )
+    deadline = t0 + spec.get("timeout_s", 1800)
+    while not os.path.exists(ended):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"floor job {job_id} did not end within {spec.get('timeout_s')}s")
+        time.sleep(0.05)
+    seen = time.time()
+    t_end = float(open(ended).read())
+    t_start = float(open(os.path.join(d, "started")).read())
+    status = int(open(os.path.join(d, "status")).read().strip() or 1)
+    out = {
+        "wall_s": t_end - t_submit,
+        "queue_s": t_start - t_submit,
+        "run_s": t_end - t_start,
+        "seen_after_end_s": seen - t_end,
+        "cpu_self_s": cpu(resource.RUSAGE_SELF) - c_self,
+        "cpu_children_s": cpu(resource.RUSAGE_CHILDREN) - c_kids,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "n_jobs": 1,
+        "job_ids": [job_id],
+        "sbatch": 1,
+        "squeue": 0,
+        "ok": n if status == 0 else 0,
+        "failed": 0 if status == 0 else n,
+        "n_results": n,
+        "first_error": None if status == 0 else f"xargs exit status {status}",
+    }
+    print("BENCH_RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
