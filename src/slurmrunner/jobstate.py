@@ -31,10 +31,6 @@ class JobState:
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
-    @property
-    def started(self) -> bool:
-        return self.state not in ("PENDING", "CONFIGURING", "REQUEUED", "SUSPENDED")
-
 
 #: A job the scheduler no longer knows (polled successfully, absent from the answer).
 GONE = JobState("UNKNOWN", "no longer known to the scheduler")
