@@ -54,8 +54,11 @@ if args.get("bad_out"):
         fh.write("{not json")
 elif not args.get("no_out"):
     with open(out, "w") as fh:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
         json.dump({"args": args, "start": start, "end": time.time(), "argv": argv[1:],
-                   "cwd": os.getcwd(), "index": os.environ.get("SLURMRUNNER_TASK_INDEX")},
+                   "cwd": os.getcwd(), "index": os.environ.get("SLURMRUNNER_TASK_INDEX"),
+                   "own_session": os.getsid(0) == os.getpid(),
+                   "blocked": int(status["SigBlk"], 16), "ignored": int(status["SigIgn"], 16)},
                   fh)
 """
 
@@ -85,18 +88,37 @@ def payload(run_dir, tasks, command, parallel=1, call="fractal", workdir=None, j
     }
 
 
-def start_worker(tmp_path, data):
+# The worker as a module with posix_spawn switched off: the path of platforms without it.
+FORK_BOOT = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("worker", sys.argv[1])
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+worker._POSIX_SPAWN = False
+sys.exit(worker.main(json.load(open(sys.argv[2]))))
+"""
+
+
+@pytest.fixture(params=["posix_spawn", "fork"])
+def launcher(request):
+    return request.param
+
+
+def start_worker(tmp_path, data, launcher="posix_spawn"):
     path = tmp_path / "payload.json"
     path.write_text(json.dumps(data))
+    boot = ["-c", FORK_BOOT] if launcher == "fork" else []
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, *boot, str(WORKER), str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
-def run_worker(tmp_path, tasks, command, timeout=60, **kw):
+def run_worker(tmp_path, tasks, command, timeout=60, launcher="posix_spawn", **kw):
     run_dir = tmp_path / "run"
     data = payload(run_dir, tasks, command, **kw)
-    proc = start_worker(tmp_path, data)
+    proc = start_worker(tmp_path, data, launcher)
     _, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err.decode()
     return read_lines(run_dir, data["job_index"])
@@ -147,11 +169,12 @@ def test_parallel_cap_respected(tmp_path, task, parallel):
         assert rec["result"]["args"] == {"sleep": 0.25, "x": i}
 
 
-def test_record_fields(tmp_path, task):
+def test_record_fields(tmp_path, task, launcher):
     lines = run_worker(
         tmp_path,
         [{"sleep": 0.3, "stdout": "hello out", "stderr": "hello err", "mem_mb": 60}],
         [sys.executable, task],
+        launcher=launcher,
     )
     check_frame(lines, 1)
     rec = lines[1]
@@ -166,12 +189,22 @@ def test_record_fields(tmp_path, task):
     assert Path(rec["log"]) == tmp_path / "run" / "logs" / "0.log"
     assert rec["result"]["index"] == "0"
     assert rec["result"]["cwd"] == str(tmp_path / "run")  # no workdir: the run folder
+    # its own session (the worker signals the group), nothing blocked or ignored from the worker
+    assert rec["result"]["own_session"] is True
+    assert rec["result"]["blocked"] == 0
+    assert rec["result"]["ignored"] & (1 << (signal.SIGTERM - 1)) == 0
 
 
-def test_workdir_and_fractal_argv(tmp_path, task):
+def test_workdir_and_fractal_argv(tmp_path, task, launcher):
     workdir = tmp_path / "wd"
     workdir.mkdir()
-    lines = run_worker(tmp_path, [{"x": 1}], [sys.executable, task, "extra"], workdir=str(workdir))
+    lines = run_worker(
+        tmp_path,
+        [{"x": 1}],
+        [sys.executable, task, "extra"],
+        workdir=str(workdir),
+        launcher=launcher,
+    )
     result = lines[1]["result"]
     assert result["cwd"] == str(workdir)
     run = tmp_path / "run"
@@ -224,9 +257,11 @@ def test_no_out_json_is_ok_with_null_result(tmp_path, task):
     assert lines[1]["status"] == "ok" and lines[1]["result"] is None
 
 
-def test_missing_program_is_launch_error_and_worker_goes_on(tmp_path):
+def test_missing_program_is_launch_error_and_worker_goes_on(tmp_path, launcher):
     missing = tmp_path / "no-such-program"
-    lines = run_worker(tmp_path, [{"x": i} for i in range(4)], [missing], parallel=2)
+    lines = run_worker(
+        tmp_path, [{"x": i} for i in range(4)], [missing], parallel=2, launcher=launcher
+    )
     check_frame(lines, 4)
     for rec in task_records(lines).values():
         assert rec["status"] == "failed"
@@ -235,14 +270,14 @@ def test_missing_program_is_launch_error_and_worker_goes_on(tmp_path):
         assert "cannot start" in rec["error"]["log_tail"]
 
 
-def test_launch_error_siblings_still_run(tmp_path, task):
+def test_launch_error_siblings_still_run(tmp_path, task, launcher):
     # the program stops being executable mid-run (task 1 takes its x bit away): the tasks
     # launched after that are launch errors, the one already running still ends ok
     prog = tmp_path / "prog"
     prog.write_text(f'#!/bin/sh\nexec {sys.executable} {task} "$@"\n')
     prog.chmod(0o755)
     tasks = [{"sleep": 1.0}, {"chmod_off": str(prog)}, {"x": 2}, {"x": 3}]
-    lines = run_worker(tmp_path, tasks, [prog], parallel=2)
+    lines = run_worker(tmp_path, tasks, [prog], parallel=2, launcher=launcher)
     check_frame(lines, 4)
     recs = task_records(lines)
     assert recs[0]["status"] == recs[1]["status"] == "ok"
@@ -250,6 +285,37 @@ def test_launch_error_siblings_still_run(tmp_path, task):
         assert recs[i]["status"] == "failed"
         assert recs[i]["error"]["cause"] == "launch_error"
         assert "Permission denied" in recs[i]["error"]["message"]
+
+
+def test_program_found_on_path(tmp_path, task, launcher):
+    # a bare name is looked up on PATH, as a shell would
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    prog = bindir / "my-task"
+    prog.write_text(f'#!/bin/sh\nexec {sys.executable} {task} "$@"\n')
+    prog.chmod(0o755)
+    env_path = f"{bindir}:{os.environ['PATH']}"
+    data = payload(tmp_path / "run", [{"x": 7}], ["my-task"])
+    path = tmp_path / "payload.json"
+    path.write_text(json.dumps(data))
+    boot = ["-c", FORK_BOOT] if launcher == "fork" else []
+    proc = subprocess.run(
+        [sys.executable, *boot, str(WORKER), str(path)],
+        env={**os.environ, "PATH": env_path},
+        capture_output=True,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert read_lines(tmp_path / "run")[1]["result"]["args"] == {"x": 7}
+
+
+def test_missing_workdir_is_a_launch_error_per_task(tmp_path, task):
+    gone = tmp_path / "no-such-dir"
+    lines = run_worker(tmp_path, [{"x": 1}, {"x": 2}], [sys.executable, task], workdir=str(gone))
+    check_frame(lines, 2)
+    for rec in task_records(lines).values():
+        assert rec["error"]["cause"] == "launch_error"
+        assert str(gone) in rec["error"]["message"]
+        assert "working directory" in rec["error"]["log_tail"]
 
 
 def test_missing_script_is_the_programs_failure(tmp_path):
@@ -311,14 +377,15 @@ def wait_gone(pids, timeout=10):
 
 
 @pytest.mark.parametrize("ignore_term", [False, True], ids=["polite", "stubborn"])
-def test_sigterm_records_unfinished_and_leaves_no_orphans(tmp_path, task, ignore_term):
+def test_sigterm_records_unfinished_and_leaves_no_orphans(tmp_path, task, ignore_term, launcher):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     tasks = [{"x": 0}, {"x": 1}] + [
         {"sleep": 60, "pid_dir": str(pid_dir), "ignore_term": ignore_term} for _ in range(4)
     ]
     run_dir = tmp_path / "run"
-    proc = start_worker(tmp_path, payload(run_dir, tasks, [sys.executable, task], parallel=2))
+    data = payload(run_dir, tasks, [sys.executable, task], parallel=2)
+    proc = start_worker(tmp_path, data, launcher)
     try:
         pids = wait_for_pids(pid_dir, 2)
         t0 = time.monotonic()
