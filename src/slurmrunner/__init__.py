@@ -24,9 +24,10 @@ from .errors import (
     SSHKeyError,
     TransientSchedulerError,
 )
+from .pacing import PollPolicy
 from .profiles import Profile, load_profile_file, parse_profile
 from .results import TaskError, TaskResult
-from .runner import PollPolicy, Run, Runner, RunStatus
+from .runner import Run, Runner, RunStatus
 from .store import Store
 
 __all__ = [

@@ -35,6 +35,7 @@ from .errors import (
     TransientSchedulerError,
 )
 from .jobstate import JobState
+from .pacing import PollPolicy, ReadPace
 from .profiles import Profile
 from .quoting import cluster_path
 from .results import TaskError, TaskResult, cancelled, from_record, without_record
@@ -54,17 +55,6 @@ Progress = Callable[["RunStatus"], None]
 @cache
 def worker_source() -> str:
     return files("slurmrunner").joinpath("worker.py").read_text()
-
-
-@dataclass(frozen=True)
-class PollPolicy:
-    """Seconds between reads of the results files and between `squeue` calls (adaptive)."""
-
-    read_min_s: float = 0.2
-    read_max_s: float = 2.0
-    squeue_min_s: float = 1.0
-    squeue_max_s: float = 30.0
-    submit_retry_s: tuple[float, ...] = (1, 2, 4, 8, 15, 30, 30, 30)
 
 
 @dataclass
@@ -305,7 +295,7 @@ class Run:
         self._watch: dict[int, _JobWatch] = {}
         self._read: set[int] = set()  # task indices whose record this process has read
         self._finished = store.finished_indices(run_id)
-        self._read_interval = poll.read_min_s
+        self._read_pace = ReadPace(poll.read_min_s, poll.read_max_s)
         self._squeue_interval = poll.squeue_min_s
         self._next_squeue = 0.0
         self._last_squeue = 0.0
@@ -446,11 +436,7 @@ class Run:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {self.id} not finished after {timeout}s")
-            if news:
-                self._read_interval = self.poll_policy.read_min_s
-            else:
-                self._read_interval = min(self._read_interval * 1.5, self.poll_policy.read_max_s)
-            time.sleep(self._read_interval)
+            time.sleep(self._read_pace.after_read(news, time.monotonic()))
         self.store.set_run_state(self.id, "done")
         return self.results()
 
