@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -406,6 +407,7 @@ class RunResult:
     proc: dict[str, Any] = field(default_factory=dict)
     foreign_jobs: list[str] = field(default_factory=list)
     idle_wait_s: float = 0.0
+    phase_s: float = 0.0
     error: str | None = None
     rig_restarted: str | None = None
     attempt: int = 1
@@ -542,6 +544,11 @@ def run_one(
     chown(spec_path, run_as)
     res = RunResult(w.name, contender, rep, ok=False)
     res.idle_wait_s = wait_idle(opts.idle_wait)
+    # slurmctld starts a freshly submitted job at its next scheduling pass (about once a
+    # second here): a random pause makes every contender sample that delay alike, rather
+    # than locking each cell to one phase of it from run to run.
+    res.phase_s = random.uniform(0.0, opts.phase_jitter)
+    time.sleep(res.phase_s)
 
     env = {
         "HOME": pwd.getpwnam(run_as).pw_dir,
@@ -1125,6 +1132,13 @@ def main() -> None:
         type=float,
         default=60.0,
         help="max seconds to wait for an empty queue before each run",
+    )
+    ap.add_argument(
+        "--phase-jitter",
+        type=float,
+        default=1.0,
+        help="random pause (0 to this many seconds) before each run, so no contender is "
+        "locked to one phase of SLURM's scheduling pass",
     )
     ap.add_argument(
         "--retries",

@@ -305,7 +305,7 @@ class Worker(object):
                     "error": {"cause": "interrupted", "message": "job received " + name},
                 }
             )
-        self.emit({"event": "end", "job": self.job, "interrupted": name})
+        self.emit({"event": "end", "job": self.job, "interrupted": name, "t": time.time()})
         self.stop_children(STOP_GRACE_S)
 
     def stop_children(self, grace_s):
@@ -338,6 +338,7 @@ class Worker(object):
         self.emit(
             {
                 "event": "start",
+                "t": time.time(),
                 "job": self.job,
                 "host": os.uname()[1],
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
@@ -355,7 +356,7 @@ class Worker(object):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.interrupt(exc.signum)
             return 128 + exc.signum
-        self.emit({"event": "end", "job": self.job})
+        self.emit({"event": "end", "job": self.job, "t": time.time()})
         return 0
 
 
