@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import pwd
-import random
 import re
 import shutil
 import signal
@@ -407,7 +406,7 @@ class RunResult:
     proc: dict[str, Any] = field(default_factory=dict)
     foreign_jobs: list[str] = field(default_factory=list)
     idle_wait_s: float = 0.0
-    phase_s: float = 0.0
+    phase_s: float = -1.0  # fraction of the second the run started at (-1: not aligned)
     error: str | None = None
     rig_restarted: str | None = None
     attempt: int = 1
@@ -447,6 +446,21 @@ def count_calls(path: Path) -> tuple[dict[str, int], list[int]]:
             m = re.search(r"--jobs[= ]'?([\d,]+)", joined)
             squeue_ids.append(len(m.group(1).split(",")) if m else 0)
     return counts, squeue_ids
+
+
+def start_at_phase(rep: int, opts: argparse.Namespace) -> float:
+    """Sleep until the clock's fraction of a second is this run's phase; return that phase.
+
+    slurmctld starts a freshly submitted job at its next once-a-second scheduling pass, which
+    falls at a fixed fraction of the wall-clock second (it drifts slowly). Run k of n of every
+    contender starts at fraction (k - 0.5) / n, so each contender samples the same spread of
+    waits for its first job, and run k of two contenders is a like-for-like pair.
+    """
+    if not opts.align_phase:
+        return -1.0
+    phase = ((rep - 1) + 0.5) / opts.repeats
+    time.sleep((phase - time.time()) % 1.0)
+    return phase
 
 
 def run_one(
@@ -544,11 +558,7 @@ def run_one(
     chown(spec_path, run_as)
     res = RunResult(w.name, contender, rep, ok=False)
     res.idle_wait_s = wait_idle(opts.idle_wait)
-    # slurmctld starts a freshly submitted job at its next scheduling pass (about once a
-    # second here): a random pause makes every contender sample that delay alike, rather
-    # than locking each cell to one phase of it from run to run.
-    res.phase_s = random.uniform(0.0, opts.phase_jitter)
-    time.sleep(res.phase_s)
+    res.phase_s = start_at_phase(rep, opts)
 
     env = {
         "HOME": pwd.getpwnam(run_as).pw_dir,
@@ -1134,11 +1144,10 @@ def main() -> None:
         help="max seconds to wait for an empty queue before each run",
     )
     ap.add_argument(
-        "--phase-jitter",
-        type=float,
-        default=1.0,
-        help="random pause (0 to this many seconds) before each run, so no contender is "
-        "locked to one phase of SLURM's scheduling pass",
+        "--no-align-phase",
+        dest="align_phase",
+        action="store_false",
+        help="start runs whenever ready, not at run k's phase of the clock's second",
     )
     ap.add_argument(
         "--retries",

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from slurmrunner.batching import plan_batches
+from slurmrunner.batching import PartitionShape, plan_batches
 from slurmrunner.config import BatchingConfig, merge_resources, parse_config, parse_resources
 from slurmrunner.errors import BatchingError, ConfigError
 
@@ -271,3 +271,97 @@ def test_mem_per_job_is_parallel_times_mem():
 
 def test_no_mem_means_no_mem():
     assert plan(10).mem_per_job_mb is None
+
+
+# --- rule 4: no more jobs than the partition runs at once
+
+LIMITS = dict(
+    target_num_jobs=4,
+    max_num_jobs=50,
+    target_cpus_per_job=2,
+    max_cpus_per_job=2,
+    target_mem_per_job=1000,
+    max_mem_per_job=2000,
+)
+ONE_TASK = {"cpus_per_task": 1, "mem": "100M"}
+
+
+def fitted(n, shape, slurm=ONE_TASK, task=None, **batching):
+    res, limits = resources(slurm, task, {**LIMITS, **batching})
+    return plan_batches(n, res, limits, shape)
+
+
+def node(cpus, mem=18079, count=1):
+    return (cpus, mem, count)
+
+
+def test_one_two_cpu_node_runs_the_whole_run_as_one_job():
+    p = fitted(1000, PartitionShape((node(2),)))
+    assert (p.num_jobs, p.parallel_tasks_per_job, p.fitted_from) == (1, 2, 4)
+    check_cover(p, 1000)
+
+
+def test_a_partition_that_fits_every_job_changes_nothing():
+    unfitted = fitted(1000, None)
+    p = fitted(1000, PartitionShape((node(2, count=8),)))
+    assert p == unfitted
+    assert p.num_jobs == 4 and p.fitted_from is None
+
+
+def test_jobs_at_once_counts_cpus_and_memory_of_every_node_kind():
+    shape = PartitionShape((node(4), node(64, mem=400), node(1, count=10)))
+    # 2-CPU 200 MB jobs: 2 on the 4-CPU node, 2 on the 400 MB node, none on 1-CPU nodes
+    assert shape.jobs_at_once(2, 200) == 4
+    assert shape.jobs_at_once(1, None) == 4 + 64 + 10
+    p = fitted(1000, PartitionShape((node(4), node(1, count=10))))
+    assert (p.num_jobs, p.fitted_from) == (2, 4)  # two 2-CPU jobs fit on the 4-CPU node
+
+
+def test_memory_bound_node():
+    p = fitted(1000, PartitionShape((node(64, mem=400),)))
+    assert p.num_jobs == 2 and p.fitted_from == 4
+
+
+def test_few_tasks_converge_to_what_fits():
+    # 4 one-task jobs of 1 CPU would fit 2 at once; 2 jobs of 2 tasks run 2 at a time, so 1
+    p = fitted(4, PartitionShape((node(2),)))
+    assert (p.num_jobs, p.parallel_tasks_per_job) == (1, 2)
+    check_cover(p, 4)
+
+
+def test_the_partition_time_limit_keeps_jobs_apart():
+    # 1 min per task, 2 at a time, 200 min at most per job: 400 tasks per job at most
+    p = fitted(
+        1000, PartitionShape((node(2),), max_time_minutes=200), slurm={**ONE_TASK, "time": "1"}
+    )
+    assert p.num_jobs == 3 and p.time_per_job_minutes <= 200
+    # a plan already over the limit is left as the limits made it
+    p = fitted(
+        1000, PartitionShape((node(2),), max_time_minutes=60), slurm={**ONE_TASK, "time": "10"}
+    )
+    assert p.num_jobs == 4 and p.fitted_from is None
+
+
+def test_the_admin_can_turn_the_fitting_off():
+    p = fitted(1000, PartitionShape((node(2),)), cap_jobs_to_partition=False)
+    assert p.num_jobs == 4
+
+
+def test_explicit_tasks_per_job_is_not_refitted():
+    p = fitted(1000, PartitionShape((node(2),)), task={"tasks_per_job": 100})
+    assert p.num_jobs == 10
+
+
+def test_a_job_larger_than_every_node_is_left_to_the_scheduler():
+    p = fitted(1000, PartitionShape((node(1, count=8),)))
+    assert p.num_jobs == 4  # 2-CPU jobs fit nowhere: sbatch will say so
+
+
+def test_squeezed_runs_only_get_fewer_jobs():
+    p = fitted(5000, PartitionShape((node(2, count=3),)), max_num_jobs=10, target_num_jobs=10)
+    assert p.num_jobs == 3 and p.parallel_tasks_per_job == 2
+
+
+def test_shape_round_trips_through_the_store():
+    shape = PartitionShape((node(2), (4, None, 3)), max_time_minutes=60)
+    assert PartitionShape.from_dict(shape.to_dict()) == shape

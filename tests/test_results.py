@@ -2,9 +2,10 @@
 
 import pytest
 
+from slurmrunner.batching import PartitionShape
 from slurmrunner.jobstate import GONE, JobState
 from slurmrunner.results import TaskResult, cancelled, from_record, without_record
-from slurmrunner.slurm import is_transient, parse_sbatch_parsable, parse_squeue
+from slurmrunner.slurm import is_transient, parse_sbatch_parsable, parse_sinfo, parse_squeue
 
 
 def rec(status="ok", cause=None, **kw):
@@ -69,3 +70,21 @@ def test_squeue_parsing_and_transient_errors():
     assert not is_transient("sbatch: error: invalid partition specified: nosuch")
     assert parse_sbatch_parsable("1234\n") == "1234"
     assert parse_sbatch_parsable("1234;cluster\n") == "1234"
+
+
+SINFO = """main*|2|18079|1|idle|infinite
+main*|8|64000|3|mix|1-00:00:00
+main*|8|64000|2|drain|1-00:00:00
+main*|4|8000|1|idle*|1-00:00:00
+gpu|2|18079|1|alloc|30:00
+"""
+
+
+def test_sinfo_parsing_keeps_the_usable_nodes_of_one_partition():
+    default = parse_sinfo(SINFO, None)
+    assert default == PartitionShape(((2, 18079, 1), (8, 64000, 3)), max_time_minutes=24 * 60)
+    assert parse_sinfo(SINFO, "main") == default
+    assert parse_sinfo(SINFO, "gpu") == PartitionShape(((2, 18079, 1),), max_time_minutes=30)
+    assert parse_sinfo(SINFO, "nosuch") is None
+    assert parse_sinfo("main*|2|18079|1|down|infinite\n", None) is None  # nothing usable
+    assert parse_sinfo("", None) is None

@@ -8,8 +8,11 @@ The rules, in order:
    still make more than `max_num_jobs` jobs (only possible with explicit values) or if the run
    had to be squeezed into `max_num_jobs`, jobs grow and parallelism may rise up to the *max*
    CPU and memory per job.
-4. Jobs are balanced (sizes differ by at most one task) and keep input order.
-5. Explicit `tasks_per_job` / `parallel_tasks_per_job` in a task's resources are honoured and
+4. No more jobs than the partition can run at once (when its shape is known and
+   `cap_jobs_to_partition` is on): extra jobs would only queue behind each other, each paying
+   the scheduler's start-up. A job still stays within the partition's time limit.
+5. Jobs are balanced (sizes differ by at most one task) and keep input order.
+6. Explicit `tasks_per_job` / `parallel_tasks_per_job` in a task's resources are honoured and
    checked against the same max limits.
 
 `time` is per task. A job runs its tasks in ceil(tasks_per_job / parallel) waves, so its
@@ -34,6 +37,7 @@ class BatchPlan:
     cpus_per_job: int
     mem_per_job_mb: int | None
     time_per_job_minutes: int | None
+    fitted_from: int | None = None  # jobs the limits alone asked for, when rule 4 made fewer
 
     @property
     def num_jobs(self) -> int:
@@ -52,12 +56,70 @@ class BatchPlan:
         return ranges
 
 
+@dataclass(frozen=True)
+class PartitionShape:
+    """What a partition offers, as far as batching cares (from the scheduler, or nproc)."""
+
+    nodes: tuple[tuple[int, int | None, int], ...]  # (CPUs, memory MB or None, node count)
+    max_time_minutes: int | None = None
+
+    def jobs_at_once(self, cpus_per_job: int, mem_per_job_mb: int | None) -> int:
+        total = 0
+        for cpus, mem, count in self.nodes:
+            fit = cpus // cpus_per_job
+            if mem is not None and mem_per_job_mb:
+                fit = min(fit, mem // mem_per_job_mb)
+            total += fit * count
+        return total
+
+    def to_dict(self) -> dict[str, object]:
+        return {"nodes": [list(n) for n in self.nodes], "max_time_minutes": self.max_time_minutes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> PartitionShape:
+        nodes = d.get("nodes") or []
+        assert isinstance(nodes, list)
+        max_time = d.get("max_time_minutes")
+        return cls(
+            tuple((int(c), None if m is None else int(m), int(k)) for c, m, k in nodes),
+            int(max_time) if isinstance(max_time, int) else None,
+        )
+
+
+def _fit_partition(
+    num_jobs: int, n_tasks: int, parallel: int, res: JobResources, shape: PartitionShape
+) -> int:
+    """Fewer jobs when the partition cannot run `num_jobs` of them side by side."""
+    mem = res.mem_mb
+    while num_jobs > 1:
+        per_job = math.ceil(n_tasks / num_jobs)
+        p = min(parallel, per_job)
+        at_once = shape.jobs_at_once(p * res.cpus_per_task, p * mem if mem else None)
+        if at_once < 1 or at_once >= num_jobs:
+            break
+        fewer = at_once
+        if res.time_minutes and shape.max_time_minutes:
+            max_waves = shape.max_time_minutes // res.time_minutes
+            if max_waves < 1:
+                break
+            fewer = max(fewer, math.ceil(n_tasks / (max_waves * parallel)))
+        if fewer >= num_jobs:
+            break
+        num_jobs = fewer
+    return num_jobs
+
+
 def _balanced_sizes(n_tasks: int, num_jobs: int) -> tuple[int, ...]:
     base, extra = divmod(n_tasks, num_jobs)
     return tuple(base + (1 if k < extra else 0) for k in range(num_jobs))
 
 
-def plan_batches(n_tasks: int, res: JobResources, limits: BatchingConfig) -> BatchPlan:
+def plan_batches(
+    n_tasks: int,
+    res: JobResources,
+    limits: BatchingConfig,
+    partition: PartitionShape | None = None,
+) -> BatchPlan:
     if n_tasks < 1:
         raise BatchingError("nothing to run: the inputs are empty")
     cpus, mem = res.cpus_per_task, res.mem_mb
@@ -104,7 +166,10 @@ def plan_batches(n_tasks: int, res: JobResources, limits: BatchingConfig) -> Bat
         )
     tasks_per_job = min(tasks_per_job, n_tasks)
 
-    num_jobs = math.ceil(n_tasks / tasks_per_job)
+    num_jobs = wanted = math.ceil(n_tasks / tasks_per_job)
+    if res.tasks_per_job is None and partition is not None and limits.cap_jobs_to_partition:
+        ceiling = parallel or (max_parallel if squeezed else target_parallel)
+        num_jobs = _fit_partition(num_jobs, n_tasks, ceiling, res, partition)
     if res.tasks_per_job is None:
         tasks_per_job = math.ceil(n_tasks / num_jobs)
     if parallel is None:
@@ -122,4 +187,5 @@ def plan_batches(n_tasks: int, res: JobResources, limits: BatchingConfig) -> Bat
         cpus_per_job=parallel * cpus,
         mem_per_job_mb=parallel * mem if mem is not None else None,
         time_per_job_minutes=res.time_minutes * waves if res.time_minutes else None,
+        fitted_from=wanted if num_jobs < wanted else None,
     )

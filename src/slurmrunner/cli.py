@@ -258,6 +258,17 @@ def _start(
         _fail(str(exc))
 
 
+def _plan_line(run: Run) -> str:
+    plan = run.spec.plan
+    jobs = f"{plan.num_jobs} job" + ("s" if plan.num_jobs != 1 else "")
+    line = f"run {run.id}: {run.n_tasks} tasks in {jobs}, {plan.parallel_tasks_per_job} at a time"
+    if plan.fitted_from:
+        line += (
+            f" ({plan.fitted_from} planned; the partition runs only {plan.num_jobs} such at once)"
+        )
+    return line
+
+
 @app.command()
 def run(
     inputs: InputsOpt,
@@ -276,10 +287,7 @@ def run(
     """
     t0 = time.monotonic()
     started = _start(config, profile, store, inputs, command, resources, call, workdir)
-    err.print(
-        f"run {started.id}: {started.n_tasks} tasks in {len(started.job_ids())} jobs",
-        highlight=False,
-    )
+    err.print(_plan_line(started), highlight=False, soft_wrap=True)
     try:
         status = _watch(started)
     except KeyboardInterrupt:
@@ -304,6 +312,7 @@ def submit(
 ) -> None:
     """Submit and return at once; prints the run id for status/wait/results/cancel."""
     started = _start(config, profile, store, inputs, command, resources, call, workdir)
+    err.print(_plan_line(started), highlight=False, soft_wrap=True)
     if started.spec.profile.backend == "local":
         err.print("note: local jobs belong to this process; use `run` for the local backend")
     print(started.id)

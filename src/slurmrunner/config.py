@@ -224,6 +224,11 @@ class BatchingConfig(_Strict):
     max_cpus_per_job: int = Field(default=2, ge=1)
     target_mem_per_job: Memory = 4000
     max_mem_per_job: Memory = 16000
+    cap_jobs_to_partition: bool = Field(
+        default=True,
+        description="make no more jobs than the partition can run at once (its nodes' CPUs "
+        "and memory); false: always spread over target_num_jobs",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> BatchingConfig:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from .batching import PartitionShape
+
 TERMINAL_STATES = frozenset(
     {
         "COMPLETED",
@@ -59,3 +61,8 @@ class Scheduler(Protocol):
         ...
 
     def cancel(self, job_ids: list[str]) -> None: ...
+
+    def partition_shape(self, partition: str | None) -> PartitionShape | None:
+        """The nodes a job of `partition` (None: the default one) can run on, or None when
+        unknown; may be cached for minutes. Never raises: batching works without it."""
+        ...

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .batching import PartitionShape
 from .errors import SchedulerError
 from .jobstate import GONE, JobState
 
@@ -61,6 +62,10 @@ class LocalScheduler:
             self._jobs[job_id] = job
             self._schedule()
         return job_id
+
+    def partition_shape(self, partition: str | None) -> PartitionShape | None:
+        # This machine is the only node, whatever partition the config names.
+        return PartitionShape(((self.max_cpus, None, 1),))
 
     def _used_cpus(self) -> int:
         return sum(j.cpus for j in self._jobs.values() if j.state == "RUNNING")

@@ -16,13 +16,13 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
 from .backends import Backend, backend_for
-from .batching import BatchPlan, plan_batches
+from .batching import BatchPlan, PartitionShape, plan_batches
 from .config import SlurmRunnerConfig, TaskResources, merge_resources
 from .errors import (
     ConfigError,
@@ -135,15 +135,35 @@ class Runner:
         """Plan, store and submit every job; return at once with a Run to watch."""
         run_id = new_run_id()
         spec = _RunSpec.new(self.config, self.profile, command, resources, call, workdir, run_id)
-        jobs = spec.jobs(list(enumerate(inputs)))
-        for job in jobs:  # refuse an oversize job before anything is created
-            check_script_size(
-                render_script(job, worker_source()), self.config.max_script_bytes, job.job_index
-            )
+        tasks = list(enumerate(inputs))
+        fitted = self._fit_to_partition(spec)
+        try:
+            spec = fitted
+            self._check_sizes(spec.jobs(tasks))
+        except ConfigError:
+            if fitted.partition is None:
+                raise
+            # Fewer, bigger jobs made a script too large: keep the plain plan instead.
+            spec = replace(fitted, partition=None)
+            self._check_sizes(spec.jobs(tasks))
         self.store.create_run(run_id, spec.to_dict(), list(inputs), spec.plan.job_sizes)
         run = Run(run_id, self.store, spec, self.poll_policy)
         run.start()
         return run
+
+    def _fit_to_partition(self, spec: _RunSpec) -> _RunSpec:
+        if not self.config.batching_config.cap_jobs_to_partition:
+            return spec
+        partition = merge_resources(self.config, spec.resources).partition
+        shape = backend_for(self.profile).scheduler.partition_shape(partition)
+        return replace(spec, partition=shape)
+
+    def _check_sizes(self, jobs: list[JobSpec]) -> None:
+        """Refuse an oversize job before anything is created."""
+        for job in jobs:
+            check_script_size(
+                render_script(job, worker_source()), self.config.max_script_bytes, job.job_index
+            )
 
     def run(
         self,
@@ -182,6 +202,7 @@ class _RunSpec:
     call: str
     workdir: str | None
     n_tasks: int = 0
+    partition: PartitionShape | None = None  # as seen at submission: the plan depends on it
 
     @classmethod
     def new(
@@ -216,7 +237,7 @@ class _RunSpec:
 
     def _plan_for(self, n_tasks: int) -> BatchPlan:
         res = merge_resources(self.config, self.resources)
-        return plan_batches(n_tasks, res, self.config.batching_config)
+        return plan_batches(n_tasks, res, self.config.batching_config, self.partition)
 
     def exports(self) -> dict[str, str]:
         base = self.profile.cache_base()
@@ -255,6 +276,7 @@ class _RunSpec:
             "call": self.call,
             "workdir": self.workdir,
             "n_tasks": self.n_tasks,
+            "partition": self.partition.to_dict() if self.partition else None,
         }
 
     @classmethod
@@ -268,6 +290,7 @@ class _RunSpec:
             d["call"],
             d["workdir"],
             d["n_tasks"],
+            PartitionShape.from_dict(d["partition"]) if d.get("partition") else None,
         )
 
 

@@ -10,7 +10,9 @@ import threading
 import time
 from typing import ClassVar
 
-from .errors import SchedulerError, TransientSchedulerError
+from .batching import PartitionShape
+from .config import parse_time_minutes
+from .errors import HostError, SchedulerError, TransientSchedulerError
 from .hosts.base import CommandResult, Host
 from .jobstate import GONE, JobState
 
@@ -31,6 +33,10 @@ _TRANSIENT = (
 )
 _INVALID_JOB_ID = "invalid job id specified"
 _SQUEUE_FORMAT = "%i|%T|%r|%j"
+_SINFO_FORMAT = "%P|%c|%m|%D|%t|%l"
+# Node states (sinfo's short names) in which a node takes no new job.
+_UNUSABLE = ("down", "drain", "drng", "fail", "maint", "inval", "unk", "futr", "pow_dn", "npc")
+SHAPE_MAX_AGE_S = 300.0
 
 
 def is_transient(stderr: str) -> bool:
@@ -64,6 +70,36 @@ def parse_squeue(stdout: str) -> dict[str, tuple[JobState, str]]:
             # "CANCELLED by 1001" -> "CANCELLED"
             states[job_id] = (JobState(state.split()[0], reason), name)
     return states
+
+
+def parse_sinfo(stdout: str, partition: str | None) -> PartitionShape | None:
+    """Lines `partition|cpus|memory MB|nodes|state|time limit` (one per distinct kind of node;
+    the default partition is marked `*`) -> the usable nodes of `partition`."""
+    nodes: dict[tuple[int, int | None], int] = {}
+    max_time: int | None = None
+    found = False
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 6:
+            continue
+        name, cpus, mem, count, state, limit = parts
+        if (name.rstrip("*") != partition) if partition else not name.endswith("*"):
+            continue
+        found = True
+        if state.rstrip("*~#!%$@^-+").startswith(_UNUSABLE) or state.endswith("*"):
+            continue
+        if not (cpus.isdigit() and count.isdigit()):
+            continue
+        key = (int(cpus), int(mem) if mem.isdigit() else None)
+        nodes[key] = nodes.get(key, 0) + int(count)
+        if limit not in ("infinite", "UNLIMITED", "n/a"):
+            try:
+                max_time = parse_time_minutes(limit)
+            except ValueError:
+                max_time = None
+    if not found or not nodes:
+        return None
+    return PartitionShape(tuple((c, m, k) for (c, m), k in sorted(nodes.items())), max_time)
 
 
 class SharedSqueue:
@@ -118,6 +154,7 @@ class SlurmScheduler:
     def __init__(self, submit_host: Host, query: SharedSqueue) -> None:
         self.submit_host = submit_host
         self.squeue = query
+        self._shapes: dict[str | None, tuple[float, PartitionShape | None]] = {}
 
     def submit(self, script: str) -> str:
         result = self.submit_host.run(["sbatch", "--parsable"], stdin=script)
@@ -140,3 +177,18 @@ class SlurmScheduler:
         result = self.submit_host.run(["scancel", *job_ids])
         if not result.ok and _INVALID_JOB_ID not in result.stderr.lower():
             _raise_for(result, "scancel failed")
+
+    def partition_shape(self, partition: str | None) -> PartitionShape | None:
+        cached = self._shapes.get(partition)
+        if cached and time.monotonic() - cached[0] < SHAPE_MAX_AGE_S:
+            return cached[1]
+        argv = ["sinfo", "--noheader", "--exact", f"--format={_SINFO_FORMAT}"]
+        try:
+            result = self.squeue.host.run(argv)
+        except HostError:
+            return None
+        if not result.ok:
+            return None  # not remembered: ask again for the next run
+        shape = parse_sinfo(result.stdout, partition)
+        self._shapes[partition] = (time.monotonic(), shape)
+        return shape

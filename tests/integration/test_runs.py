@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from .conftest import PROJECT, Srv, parse_results, squeue
+from .conftest import CONFIG, PROJECT, Srv, parse_results, squeue
 
 
 def _job_ids(results: list[dict]) -> set[str]:
@@ -17,20 +17,40 @@ def _summary_calls(stderr: str) -> str:
     return next((line for line in stderr.splitlines() if "calls" in line), "")
 
 
-def test_100_inputs_in_at_most_5_jobs_owned_by_alice(srv: Srv, profile: dict) -> None:
-    proc, results = srv.run_inputs(profile, [{"x": i} for i in range(100)])
+def test_100_inputs_in_4_jobs_owned_by_alice(srv: Srv, profile: dict) -> None:
+    # target_num_jobs 4, max_num_jobs 5; without fitting to the partition, 4 jobs
+    config = json.loads(json.dumps(CONFIG))
+    config["batching_config"]["cap_jobs_to_partition"] = False
+    proc, results = srv.run_inputs(profile, [{"x": i} for i in range(100)], config)
     assert proc.returncode == 0, proc.stderr
     assert [r["index"] for r in results] == list(range(100))
     assert all(r["status"] == "ok" for r in results)
     assert [r["result"]["square"] for r in results] == [i * i for i in range(100)]
     ids = _job_ids(results)
-    assert 1 <= len(ids) <= 5
+    assert len(ids) == 4
     owners = squeue(f"--jobs={','.join(sorted(ids))}", "--format=%u").split()
     assert owners == ["alice"] * len(ids)
     calls = _summary_calls(proc.stderr)
     assert f"sbatch: {len(ids)}" in calls
     if profile["backend"] == "slurm_ssh":
         assert "ssh_connections: 1" in calls
+
+
+def test_jobs_fit_what_the_partition_runs_at_once(srv: Srv, profile: dict) -> None:
+    # The rig's partition is one 2-CPU node: 4 jobs of 2 CPUs would run one after another,
+    # so the run is one job (sinfo asked once); 1-CPU jobs fit 2 at once.
+    proc, results = srv.run_inputs(profile, [{"x": i} for i in range(40)])
+    assert proc.returncode == 0, proc.stderr
+    assert len(_job_ids(results)) == 1
+    assert "40 tasks in 1 job, 2 at a time (4 planned; the partition runs only 1 such at once)" in (
+        proc.stderr
+    )
+    one_cpu = json.loads(json.dumps(CONFIG))
+    one_cpu["batching_config"].update(target_cpus_per_job=1, max_cpus_per_job=1)
+    proc, results = srv.run_inputs(profile, [{"x": i} for i in range(40)], one_cpu)
+    assert proc.returncode == 0, proc.stderr
+    assert len(_job_ids(results)) == 2
+    assert [r["result"]["square"] for r in results] == [i * i for i in range(40)]
 
 
 def test_task_sees_extra_lines_and_user_local_exports(srv: Srv, profile: dict) -> None:
