@@ -219,7 +219,11 @@ def render(
     call: CallOpt = "fractal",
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Print the job scripts that `run` would submit; nothing is submitted."""
+    """Print the job scripts the limits plan; nothing is submitted, the cluster is not asked.
+
+    `run` may make fewer, bigger jobs when the partition cannot run these side by side
+    (batching_config.cap_jobs_to_partition); it says so when it does.
+    """
     try:
         runner = _runner(config, profile, Path(":memory:"))
         scripts = runner.render(
