@@ -1,10 +1,14 @@
 """The Python API on the embedded local backend: run, submit/poll/cancel, attach."""
 
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from slurmrunner import Profile, Runner, SlurmRunnerConfig, Store, TaskResources
+from slurmrunner.runner import Run
+from slurmrunner.store import claim_is_live, new_claim
 
 TASK = str(Path(__file__).resolve().parents[1] / "examples" / "task.py")
 
@@ -46,3 +50,67 @@ def test_explicit_batching_is_honoured(tmp_path):
     res = TaskResources(tasks_per_job=3, parallel_tasks_per_job=1)
     results = runner(tmp_path).run([sys.executable, TASK], [{"x": i} for i in range(7)], res)
     assert len({x.job_id for x in results}) == 3
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _unsubmitted_run(tmp_path, monkeypatch, n_inputs=6):
+    """A run stored with its jobs but none submitted, as if its process died at once."""
+    r = runner(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(Run, "_submit_missing", lambda self: None)
+        run = r.submit([sys.executable, TASK], [{"x": i} for i in range(n_inputs)])
+    return r, run
+
+
+def test_a_claim_is_taken_once_even_from_a_stale_view(tmp_path, monkeypatch):
+    r, run = _unsubmitted_run(tmp_path, monkeypatch)
+    dead = f"{socket.gethostname()}|{_dead_pid()}|x|{time.time():.0f}"
+    for row in r.store.jobs(run.id):
+        r.store.update_job(run.id, row.idx, state="SUBMITTING", claim=dead)
+    a = Runner.attach(run.id, Store(r.store.path))
+    b = Runner.attach(run.id, Store(r.store.path))
+    stale = a.store.jobs(run.id)  # A read the rows, then B did everything
+    b._submit_missing()
+    n_jobs = len(stale)
+    assert b.calls["local_submit"] == n_jobs
+    monkeypatch.setattr(a.store, "jobs", lambda run_id: stale)
+    a._submit_missing()
+    assert a.calls["local_submit"] == 0  # every claim it tried had moved on
+    monkeypatch.undo()
+    assert all(row.job_id for row in Store(r.store.path).jobs(run.id))
+    assert [x.result["square"] for x in b.wait(timeout=60)] == [i * i for i in range(6)]
+
+
+def test_a_live_claim_is_left_alone_and_a_dead_one_taken_over(tmp_path, monkeypatch):
+    r, run = _unsubmitted_run(tmp_path, monkeypatch, n_inputs=2)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        live = f"{socket.gethostname()}|{holder.pid}|x|{time.time():.0f}"
+        for row in r.store.jobs(run.id):
+            r.store.update_job(run.id, row.idx, state="SUBMITTING", claim=live)
+        again = Runner.attach(run.id, Store(r.store.path))
+        again._submit_missing()
+        assert again.calls["local_submit"] == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    again._submit_missing()  # the holder is gone: look for its job, then submit
+    assert again.calls["local_submit"] == len(r.store.jobs(run.id))
+
+
+def test_claim_liveness():
+    mine = new_claim()
+    host = socket.gethostname()
+    assert not claim_is_live("", mine)
+    assert not claim_is_live(mine, mine)
+    assert claim_is_live(new_claim(), mine)  # another run object of this process
+    assert claim_is_live(f"{host}|1|x|0", mine)  # pid 1 runs
+    assert not claim_is_live(f"{host}|{_dead_pid()}|x|0", mine)
+    assert claim_is_live(f"elsewhere|1|x|{time.time():.0f}", mine)  # cannot look: trusted
+    assert not claim_is_live("elsewhere|1|x|0", mine)  # ... for ten minutes
+    assert not claim_is_live("garbage", mine)

@@ -40,7 +40,7 @@ from .profiles import Profile
 from .quoting import cluster_path
 from .results import TaskError, TaskResult, cancelled, from_record, without_record
 from .script import JobSpec, check_script_size, job_name, render_script
-from .store import JobRow, Store
+from .store import JobRow, Store, claim_is_live, new_claim
 
 log = logging.getLogger("slurmrunner")
 
@@ -323,6 +323,7 @@ class Run:
         self._next_squeue = 0.0
         self._last_squeue = 0.0
         self._connections_at_start = self.backend.connections_opened()
+        self._claim = new_claim()
 
     @property
     def n_tasks(self) -> int:
@@ -367,6 +368,10 @@ class Run:
             return
         plan = self.spec.plan
         for row in todo:
+            if row.state == "SUBMITTING" and claim_is_live(row.claim, self._claim):
+                continue  # another process is submitting it right now
+            if not self.store.claim_job(self.id, row, self._claim):
+                continue  # another process claimed it between our read and now
             if row.state == "SUBMITTING":  # an earlier process died around sbatch
                 found = self._find_patiently(job_name(self.id, row.idx))
                 if found:
@@ -374,7 +379,6 @@ class Run:
                     continue
             args = self.store.task_args(self.id, row.task_range)
             job = self.spec.job(row.idx, list(zip(row.task_range, args, strict=True)), plan)
-            self.store.update_job(self.id, row.idx, state="SUBMITTING")
             try:
                 job_id = self._sbatch(render_script(job, worker_source()), job.job_name)
             except SchedulerError as exc:

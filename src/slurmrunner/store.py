@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -30,7 +32,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS jobs (
     run_id TEXT NOT NULL, idx INTEGER NOT NULL, first_task INTEGER NOT NULL,
     n_tasks INTEGER NOT NULL, job_id TEXT, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
-    done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (run_id, idx)
+    done INTEGER NOT NULL DEFAULT 0, claim TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, idx)
 );
 CREATE TABLE IF NOT EXISTS tasks (
     run_id TEXT NOT NULL, idx INTEGER NOT NULL, args TEXT NOT NULL, result TEXT,
@@ -49,6 +52,38 @@ def default_store_path() -> Path:
     return Path(state) / "slurmrunner" / "runs.sqlite"
 
 
+# A claim on an unsubmitted job: "host|pid|nonce|unix time"; the nonce tells apart two runs
+# watched by one process.
+_FOREIGN_CLAIM_TTL_S = 600.0
+
+
+def new_claim() -> str:
+    return f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(4)}|{time.time():.0f}"
+
+
+def claim_is_live(claim: str, mine: str) -> bool:
+    """Whether another, still running, process (or run object) holds `claim`."""
+    if not claim or claim == mine:
+        return False
+    try:
+        host, pid_text, _, since = claim.split("|")
+        pid = int(pid_text)
+        since_s = float(since)
+    except ValueError:
+        return False
+    if host != socket.gethostname():  # cannot look: trust it for a while
+        return time.time() - since_s < _FOREIGN_CLAIM_TTL_S
+    if pid == os.getpid():
+        return True  # another Run of this very process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    return True
+
+
 @dataclass(frozen=True)
 class JobRow:
     idx: int
@@ -58,6 +93,7 @@ class JobRow:
     state: str
     reason: str
     done: bool
+    claim: str = ""  # who is submitting it (state SUBMITTING), see Store.claim_job
 
     @property
     def task_range(self) -> range:
@@ -86,6 +122,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "claim" not in columns:  # a store written by an earlier version
+                self._db.execute("ALTER TABLE jobs ADD COLUMN claim TEXT NOT NULL DEFAULT ''")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -143,11 +182,25 @@ class Store:
     def jobs(self, run_id: str) -> list[JobRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT idx, first_task, n_tasks, job_id, state, reason, done FROM jobs "
+                "SELECT idx, first_task, n_tasks, job_id, state, reason, done, claim FROM jobs "
                 "WHERE run_id = ? ORDER BY idx",
                 (run_id,),
             ).fetchall()
-        return [JobRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+        return [JobRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in rows]
+
+    def claim_job(self, run_id: str, seen: JobRow, claim: str) -> bool:
+        """Mark a job SUBMITTING for `claim` if nobody changed it since `seen` was read.
+
+        Compare-and-set inside one transaction: of two processes reattaching to a run at the
+        same moment, one gets each unsubmitted job, so no job is submitted twice.
+        """
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'SUBMITTING', claim = ? WHERE run_id = ? AND idx = ? "
+                "AND job_id IS NULL AND done = 0 AND state = ? AND claim = ?",
+                (claim, run_id, seen.idx, seen.state, seen.claim),
+            )
+            return cur.rowcount == 1
 
     def update_job(self, run_id: str, idx: int, **fields: Any) -> None:
         cols = ", ".join(f"{key} = ?" for key in fields)
