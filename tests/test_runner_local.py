@@ -114,3 +114,16 @@ def test_claim_liveness():
     assert claim_is_live(f"elsewhere|1|x|{time.time():.0f}", mine)  # cannot look: trusted
     assert not claim_is_live("elsewhere|1|x|0", mine)  # ... for ten minutes
     assert not claim_is_live("garbage", mine)
+
+
+def test_a_job_of_many_chunks_is_read_whole_and_each_chunk_once(tmp_path):
+    # 2,500 tasks in one job: results in three chunks of at most 1,000 records
+    r = runner(tmp_path)
+    res = TaskResources(tasks_per_job=2500, parallel_tasks_per_job=2)
+    run = r.submit(["true"], [{} for _ in range(2500)], res, call="stdin")
+    results = run.wait(timeout=120)
+    assert [x.index for x in results] == list(range(2500))
+    assert all(x.status == "ok" for x in results)
+    chunks = sorted(p.name for p in Path(run.run_dir, "results").iterdir())
+    assert chunks == ["0.1.jsonl", "0.2.jsonl", "0.jsonl"]
+    assert run._watch[0].chunk == 2

@@ -474,3 +474,32 @@ def test_worker_never_inherits_results_fd(tmp_path):
     fds = lines[1]["result"]
     assert set(fds) - {0, 1, 2} <= {max(fds)}  # at most listdir's own descriptor
     assert os.path.exists(lines[1]["log"])
+
+
+def test_results_come_in_chunks_each_closed_by_a_next_line(tmp_path):
+    run_dir = tmp_path / "run"
+    data = payload(run_dir, [{} for _ in range(10)], ["true"], parallel=2, call="stdin")
+    data["chunk_records"] = 3
+    proc = start_worker(tmp_path, data)
+    assert proc.wait(timeout=60) == 0
+    chunks = [run_dir / "results" / "0.jsonl"] + [
+        run_dir / "results" / f"0.{c}.jsonl" for c in range(1, 4)
+    ]
+    assert sorted((run_dir / "results").iterdir()) == sorted(chunks)
+    lines = [[json.loads(x) for x in c.read_text().splitlines()] for c in chunks]
+    for c, chunk in enumerate(lines[:-1]):
+        assert chunk[-1] == {"event": "next", "job": 0, "chunk": c + 1}
+        assert len([r for r in chunk if "i" in r]) == 3
+    assert lines[0][0]["event"] == "start"
+    assert lines[-1][-1]["event"] == "end"
+    records = [r for chunk in lines for r in chunk if "i" in r]
+    assert sorted(r["i"] for r in records) == list(range(10))
+    # a requeued job goes on from the last chunk, so the reader, already there, sees it all
+    proc = start_worker(tmp_path, data)
+    assert proc.wait(timeout=60) == 0
+    again = [json.loads(x) for x in chunks[-1].read_text().splitlines()]
+    assert [r.get("event") for r in again[:3]] == [None, "end", "start"]
+    files = list((run_dir / "results").iterdir())
+    everything = [json.loads(x) for p in files for x in p.read_text().splitlines()]
+    assert len([r for r in everything if "i" in r]) == 20
+    assert len([r for r in everything if r.get("event") == "end"]) == 2

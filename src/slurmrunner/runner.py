@@ -39,7 +39,7 @@ from .pacing import PollPolicy, ReadPace
 from .profiles import Profile
 from .quoting import cluster_path
 from .results import TaskError, TaskResult, cancelled, from_record, without_record
-from .script import JobSpec, check_script_size, job_name, render_script
+from .script import JobSpec, check_script_size, job_name, render_script, results_relpath
 from .store import JobRow, Store, claim_is_live, new_claim
 
 log = logging.getLogger("slurmrunner")
@@ -300,6 +300,7 @@ class _JobWatch:
 
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
     ended: bool = False  # the worker wrote its end line
+    chunk: int = 0  # the results chunk being written (earlier ones are complete and read)
     interrupted: bool = False
     state: JobState | None = None
 
@@ -535,7 +536,13 @@ class Run:
         todo = [r for r in rows if not self._w(r).ended]
         if not todo:
             return False
-        paths = [f"{self.run_dir}/results/{r.idx}.jsonl" for r in todo]
+        # The chunk being written and the next one: a chunk that has a successor is complete,
+        # so both are read whole in this one call and the reader never goes back.
+        paths = [
+            f"{self.run_dir}/{results_relpath(r.idx, chunk)}"
+            for r in todo
+            for chunk in (self._w(r).chunk, self._w(r).chunk + 1)
+        ]
         try:
             result = self._user(["cat", *paths])
         except _NOT_TRANSIENT:
@@ -573,6 +580,8 @@ class Run:
                 w.ended = True
                 w.interrupted = "interrupted" in rec
                 news = True
+            elif rec.get("event") == "next":
+                w.chunk = max(w.chunk, int(rec.get("chunk", 0)))
             elif "i" in rec and rec["i"] not in w.records and rec["i"] in row.task_range:
                 w.records[rec["i"]] = rec
                 self._read.add(rec["i"])

@@ -55,8 +55,9 @@ def job_name(run_id: str, job_index: int) -> str:
     return f"sr-{run_id}-{job_index}"
 
 
-def results_relpath(job_index: int) -> str:
-    return f"results/{job_index}.jsonl"
+def results_relpath(job_index: int, chunk: int = 0) -> str:
+    """Where a job's worker writes its records (chunks of 1000; see worker.Worker)."""
+    return f"results/{job_index}.jsonl" if chunk == 0 else f"results/{job_index}.{chunk}.jsonl"
 
 
 def sbatch_directives(job: JobSpec) -> list[str]:

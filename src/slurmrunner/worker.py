@@ -115,8 +115,16 @@ class Worker(object):
         for sub in ("logs", "tasks", "results"):
             # Jobs of one run start together: another worker may create it first.
             os.makedirs(os.path.join(self.run_dir, sub), 0o700, exist_ok=True)
-        results = os.path.join(self.run_dir, payload["results"])
-        self.out = os.open(results, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Results go to numbered chunks of `chunk_records` task records, so the reader re-reads
+        # at most one or two small files per look however long the job. A requeued job goes
+        # on appending to the last chunk.
+        self.results = os.path.join(self.run_dir, payload["results"])
+        self.chunk_records = max(1, int(payload.get("chunk_records") or 1000))
+        self.chunk = 0
+        while os.path.exists(self.chunk_path(self.chunk + 1)):
+            self.chunk += 1
+        self.in_chunk = 0
+        self.out = self.open_chunk()
         self.devnull = os.open(os.devnull, os.O_RDONLY)
         self.env = dict(os.environ)
         # Every task of a job shares one working directory, and posix_spawn cannot change it
@@ -128,8 +136,27 @@ class Worker(object):
         except OSError as exc:
             self.workdir_error = exc
 
+    def chunk_path(self, chunk):
+        if chunk == 0:
+            return self.results
+        stem = self.results[: -len(".jsonl")] if self.results.endswith(".jsonl") else self.results
+        return "%s.%d.jsonl" % (stem, chunk)
+
+    def open_chunk(self):
+        return os.open(self.chunk_path(self.chunk), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
     def emit(self, record):
         os.write(self.out, (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
+        if "i" not in record:
+            return
+        self.in_chunk += 1
+        if self.in_chunk >= self.chunk_records and (self.pending or self.running):
+            # the reader moves on when it sees this line; it never needs this file again
+            self.emit({"event": "next", "job": self.job, "chunk": self.chunk + 1})
+            os.close(self.out)
+            self.chunk += 1
+            self.in_chunk = 0
+            self.out = self.open_chunk()
 
     def launch(self, task):
         i = task["i"]
