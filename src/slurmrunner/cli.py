@@ -32,6 +32,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check admin config files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 err = Console(stderr=True)
+if not err.is_terminal:  # a log or a pipe: one line per row, for whoever greps it
+    err = Console(stderr=True, width=200)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Admin SLURM config (JSON or TOML).")

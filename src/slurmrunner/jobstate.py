@@ -43,7 +43,8 @@ class Scheduler(Protocol):
 
     #: True when poll() costs no controller RPC (the local scheduler): poll every cycle.
     cheap_poll: bool
-    #: What the run summary calls submit / poll / cancel (e.g. sbatch / squeue / scancel).
+    #: What the run summary calls submit / poll / cancel (e.g. sbatch / squeue / scancel), and
+    #: partition_shape when it costs a call ("shape": sinfo).
     call_names: dict[str, str]
 
     def submit(self, script: str) -> str:
@@ -64,5 +65,6 @@ class Scheduler(Protocol):
 
     def partition_shape(self, partition: str | None) -> PartitionShape | None:
         """The nodes a job of `partition` (None: the default one) can run on, or None when
-        unknown; may be cached for minutes. Never raises: batching works without it."""
+        unknown (batching works without it). HostError only when the cluster cannot be
+        reached at all, as for any other command."""
         ...

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +51,10 @@ _RECORD_HEAD = re.compile(r'\{"i":(\d+),')
 # Host errors that waiting does not cure: stop at once and say why.
 _NOT_TRANSIENT = (SSHKeyError, SSHHostKeyError, SSHAuthError, ImpersonationError)
 Progress = Callable[["RunStatus"], None]
+# Partitions change rarely: one sinfo per profile and partition per SHAPE_MAX_AGE_S.
+SHAPE_MAX_AGE_S = 300.0
+_shapes: dict[tuple[str, str | None], tuple[float, PartitionShape | None]] = {}
+_shapes_lock = threading.Lock()
 
 
 @cache
@@ -136,7 +141,9 @@ class Runner:
         run_id = new_run_id()
         spec = _RunSpec.new(self.config, self.profile, command, resources, call, workdir, run_id)
         tasks = list(enumerate(inputs))
-        fitted = self._fit_to_partition(spec)
+        backend = backend_for(self.profile)
+        connections_before = backend.connections_opened()
+        fitted, asked = self._fit_to_partition(spec, backend)
         try:
             spec = fitted
             self._check_sizes(spec.jobs(tasks))
@@ -147,16 +154,27 @@ class Runner:
             spec = replace(fitted, partition=None)
             self._check_sizes(spec.jobs(tasks))
         self.store.create_run(run_id, spec.to_dict(), list(inputs), spec.plan.job_sizes)
-        run = Run(run_id, self.store, spec, self.poll_policy)
+        run = Run(run_id, self.store, spec, self.poll_policy, connections_before)
+        if asked:
+            run.calls[backend.scheduler.call_names["shape"]] += 1
         run.start()
         return run
 
-    def _fit_to_partition(self, spec: _RunSpec) -> _RunSpec:
+    def _fit_to_partition(self, spec: _RunSpec, backend: Backend) -> tuple[_RunSpec, bool]:
+        """The spec with the partition's shape (batching rule 4); and whether sinfo ran."""
         if not self.config.batching_config.cap_jobs_to_partition:
-            return spec
+            return spec, False
         partition = merge_resources(self.config, spec.resources).partition
-        shape = backend_for(self.profile).scheduler.partition_shape(partition)
-        return replace(spec, partition=shape)
+        key = (self.profile.model_dump_json(), partition)
+        with _shapes_lock:
+            seen = _shapes.get(key)
+        if seen and time.monotonic() - seen[0] < SHAPE_MAX_AGE_S:
+            return replace(spec, partition=seen[1]), False
+        shape = backend.scheduler.partition_shape(partition)
+        if shape is not None:  # a failure is not remembered: the next run asks again
+            with _shapes_lock:
+                _shapes[key] = (time.monotonic(), shape)
+        return replace(spec, partition=shape), "shape" in backend.scheduler.call_names
 
     def _check_sizes(self, jobs: list[JobSpec]) -> None:
         """Refuse an oversize job before anything is created."""
@@ -308,7 +326,14 @@ class _JobWatch:
 class Run:
     """One run: its jobs, their watching, its results. Safe to drive from one thread."""
 
-    def __init__(self, run_id: str, store: Store, spec: _RunSpec, poll: PollPolicy) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        store: Store,
+        spec: _RunSpec,
+        poll: PollPolicy,
+        connections_before: int | None = None,
+    ) -> None:
         self.id = run_id
         self.store = store
         self.spec = spec
@@ -323,7 +348,10 @@ class Run:
         self._squeue_interval = poll.squeue_min_s
         self._next_squeue = 0.0
         self._last_squeue = 0.0
-        self._connections_at_start = self.backend.connections_opened()
+        # SSH connections opened from here on count for this run (from before planning when
+        # the planning itself asked the cluster).
+        opened = self.backend.connections_opened()
+        self._connections_at_start = opened if connections_before is None else connections_before
         self._claim = new_claim()
 
     @property

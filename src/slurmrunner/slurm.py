@@ -36,7 +36,6 @@ _SQUEUE_FORMAT = "%i|%T|%r|%j"
 _SINFO_FORMAT = "%P|%c|%m|%D|%t|%l"
 # Node states (sinfo's short names) in which a node takes no new job.
 _UNUSABLE = ("down", "drain", "drng", "fail", "maint", "inval", "unk", "futr", "pow_dn", "npc")
-SHAPE_MAX_AGE_S = 300.0
 
 
 def is_transient(stderr: str) -> bool:
@@ -149,12 +148,12 @@ class SlurmScheduler:
         "submit": "sbatch",
         "poll": "squeue",
         "cancel": "scancel",
+        "shape": "sinfo",
     }
 
     def __init__(self, submit_host: Host, query: SharedSqueue) -> None:
         self.submit_host = submit_host
         self.squeue = query
-        self._shapes: dict[str | None, tuple[float, PartitionShape | None]] = {}
 
     def submit(self, script: str) -> str:
         result = self.submit_host.run(["sbatch", "--parsable"], stdin=script)
@@ -179,16 +178,11 @@ class SlurmScheduler:
             _raise_for(result, "scancel failed")
 
     def partition_shape(self, partition: str | None) -> PartitionShape | None:
-        cached = self._shapes.get(partition)
-        if cached and time.monotonic() - cached[0] < SHAPE_MAX_AGE_S:
-            return cached[1]
         argv = ["sinfo", "--noheader", "--exact", f"--format={_SINFO_FORMAT}"]
         try:
             result = self.squeue.host.run(argv)
-        except HostError:
-            return None
-        if not result.ok:
-            return None  # not remembered: ask again for the next run
-        shape = parse_sinfo(result.stdout, partition)
-        self._shapes[partition] = (time.monotonic(), shape)
-        return shape
+        except HostError as exc:
+            if getattr(exc, "maybe_ran", False):
+                return None  # the connection dropped mid-way: plan without the shape
+            raise  # the cluster cannot be reached at all: the run could not start anyway
+        return parse_sinfo(result.stdout, partition) if result.ok else None
