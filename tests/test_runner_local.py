@@ -1,12 +1,13 @@
 """The Python API on the embedded local backend: run, submit/poll/cancel, attach."""
 
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from slurmrunner import Profile, Runner, SlurmRunnerConfig, Store, TaskResources
+from slurmrunner import Profile, Runner, SlurmRunnerConfig, Store, TaskResources, script
 from slurmrunner.runner import Run
 from slurmrunner.store import claim_is_live, new_claim
 
@@ -127,3 +128,42 @@ def test_a_job_of_many_chunks_is_read_whole_and_each_chunk_once(tmp_path):
     chunks = sorted(p.name for p in Path(run.run_dir, "results").iterdir())
     assert chunks == ["0.1.jsonl", "0.2.jsonl", "0.jsonl"]
     assert run._watch[0].chunk == 2
+
+
+def test_a_reattaching_reader_catches_up_on_many_chunks_in_few_looks(tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "RESULTS_CHUNK_RECORDS", 10)
+    r = runner(tmp_path)
+    res = TaskResources(tasks_per_job=300, parallel_tasks_per_job=2)
+    run = r.submit(["true"], [{} for _ in range(300)], res, call="stdin")
+    run.wait(timeout=120)
+    assert len(list(Path(run.run_dir, "results").iterdir())) == 30
+    # forget what was read, as a process that starts watching a finished job would
+    db = sqlite3.connect(r.store.path)
+    with db:
+        db.execute("UPDATE tasks SET result = NULL")
+        db.execute("UPDATE jobs SET done = 0, state = 'RUNNING'")
+    db.close()
+    cats_before = r.store.counters(run.id).get("cat", 0)
+    again = Runner.attach(run.id, Store(r.store.path))
+    results = again.wait(timeout=60)
+    assert [x.index for x in results] == list(range(300))
+    assert all(x.status == "ok" for x in results)
+    # 30 chunks: one look each would take 30; reading ahead 1, 2, 4, 8, 16 takes 5
+    assert again.status().calls["cat"] - cats_before <= 6
+
+
+def test_cancel_keeps_the_outcome_of_tasks_that_had_ended(tmp_path):
+    r = runner(tmp_path)
+    res = TaskResources(tasks_per_job=4, parallel_tasks_per_job=2)
+    inputs = [{"x": 3}, {"x": 4}, {"sleep": 60}, {"sleep": 60}]
+    run = r.submit([sys.executable, TASK], inputs, res)
+    results_file = Path(run.run_dir, "results", "0.jsonl")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the two quick ones are written, nobody has read them
+        if results_file.exists() and results_file.read_text().count('"status":"ok"') == 2:
+            break
+        time.sleep(0.05)
+    assert run.cancel() == 1
+    out = run.results()
+    assert [x.status for x in out] == ["ok", "ok", "cancelled", "cancelled"]
+    assert [x.result["square"] for x in out[:2]] == [9, 16]

@@ -9,6 +9,7 @@ scheduler knows. A failing `squeue` is retried and never read as an outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -319,6 +320,8 @@ class _JobWatch:
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
     ended: bool = False  # the worker wrote its end line
     chunk: int = 0  # the results chunk being written (earlier ones are complete and read)
+    ahead: int = 1  # chunks read past it per look; grows while catching up (reattach)
+    behind: bool = True  # the last look ended on a full chunk: more may be written already
     interrupted: bool = False
     state: JobState | None = None
 
@@ -564,13 +567,14 @@ class Run:
         todo = [r for r in rows if not self._w(r).ended]
         if not todo:
             return False
-        # The chunk being written and the next one: a chunk that has a successor is complete,
-        # so both are read whole in this one call and the reader never goes back.
+        # The chunk being written and the next ones: a chunk that has a successor is complete,
+        # so all are read whole in this one call and the reader never goes back.
         paths = [
             f"{self.run_dir}/{results_relpath(r.idx, chunk)}"
             for r in todo
-            for chunk in (self._w(r).chunk, self._w(r).chunk + 1)
+            for chunk in range(self._w(r).chunk, self._w(r).chunk + self._w(r).ahead + 1)
         ]
+        before = {r.idx: self._w(r).chunk for r in todo}
         try:
             result = self._user(["cat", *paths])
         except _NOT_TRANSIENT:
@@ -614,6 +618,10 @@ class Run:
                 w.records[rec["i"]] = rec
                 self._read.add(rec["i"])
                 news = True
+        for r in todo:
+            w = self._w(r)
+            w.behind = w.chunk == before[r.idx] + w.ahead + 1  # even the last one read was full
+            w.ahead = min(w.ahead * 2, 32) if w.behind else 1
         return news
 
     def _settle(self, row: JobRow) -> bool:
@@ -632,6 +640,8 @@ class Run:
         clean_end = w.ended and not w.interrupted
         if not (clean_end or state):
             return bool(final)
+        if not w.ended and w.behind:
+            return bool(final)  # the job is over, its files are not all read yet: next look
         missing = [i for i in row.task_range if i not in self._finished]
         if missing and clean_end and not state:
             held = [i for i in missing if i in w.records]
@@ -690,7 +700,16 @@ class Run:
         if ids:
             self.calls[self.backend.scheduler.call_names["cancel"]] += 1
             self.backend.scheduler.cancel(ids)
+            # Tasks that ended before the cancel keep their outcome: one last look.
+            with contextlib.suppress(HostError):
+                self._read_results([r for r in rows if r.job_id])
         for row in rows:
+            self._save(
+                from_record(rec, row.job_id, None)
+                for rec in self._w(row).records.values()
+                if rec["status"] != "interrupted"
+                and (rec.get("error") or {}).get("cause") != "signal"
+            )
             self._save(cancelled(i, row.job_id) for i in row.task_range)
             self.store.update_job(self.id, row.idx, state="CANCELLED", done=1)
         self.store.set_run_state(self.id, "cancelled")

@@ -55,8 +55,12 @@ def job_name(run_id: str, job_index: int) -> str:
     return f"sr-{run_id}-{job_index}"
 
 
+# Task records per results file: a look at a job reads at most its open file and the next.
+RESULTS_CHUNK_RECORDS = 1000
+
+
 def results_relpath(job_index: int, chunk: int = 0) -> str:
-    """Where a job's worker writes its records (chunks of 1000; see worker.Worker)."""
+    """Where a job's worker writes its records (chunks of RESULTS_CHUNK_RECORDS)."""
     return f"results/{job_index}.jsonl" if chunk == 0 else f"results/{job_index}.{chunk}.jsonl"
 
 
@@ -92,6 +96,7 @@ def worker_payload(job: JobSpec) -> dict[str, Any]:
         "run_dir": job.run_dir,
         "workdir": job.workdir,
         "results": results_relpath(job.job_index),
+        "chunk_records": RESULTS_CHUNK_RECORDS,
         "output": job.output_file,
         "command": list(job.command),
         "call": job.call,
