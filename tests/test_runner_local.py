@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from slurmrunner import Profile, Runner, SlurmRunnerConfig, Store, TaskResources, script
+from slurmrunner.errors import HostError
 from slurmrunner.runner import Run
 from slurmrunner.store import claim_is_live, new_claim
 
@@ -167,3 +168,29 @@ def test_cancel_keeps_the_outcome_of_tasks_that_had_ended(tmp_path):
     out = run.results()
     assert [x.status for x in out] == ["ok", "ok", "cancelled", "cancelled"]
     assert [x.result["square"] for x in out[:2]] == [9, 16]
+
+
+def test_a_failed_look_at_an_ended_job_concludes_nothing(tmp_path, monkeypatch):
+    r = runner(tmp_path)
+    run = r.submit([sys.executable, TASK], [{"x": 5}, {"x": 6}])
+    job_ids = run.job_ids()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # ended, and nobody has looked at its files
+        if all(s.terminal for s in run.backend.scheduler.poll(job_ids).values()):
+            break
+        time.sleep(0.05)
+    real_run = run.backend.user_host.run
+
+    def unreachable(argv, *a, **k):
+        if argv[0] == "cat":
+            raise HostError("cluster unreachable for a moment")
+        return real_run(argv, *a, **k)
+
+    monkeypatch.setattr(run.backend.user_host, "run", unreachable)
+    run.poll()
+    run.poll()
+    assert run.results() == [] or all(x.status == "ok" for x in run.results())
+    assert not run.status().done
+    monkeypatch.undo()
+    results = run.wait(timeout=30)
+    assert [x.result["square"] for x in results] == [25, 36]

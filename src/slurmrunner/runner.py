@@ -322,6 +322,7 @@ class _JobWatch:
     chunk: int = 0  # the results chunk being written (earlier ones are complete and read)
     ahead: int = 1  # chunks read past it per look; grows while catching up (reattach)
     behind: bool = True  # the last look ended on a full chunk: more may be written already
+    final_look: bool = False  # read to its end after the scheduler said it had ended
     interrupted: bool = False
     state: JobState | None = None
 
@@ -622,6 +623,7 @@ class Run:
             w = self._w(r)
             w.behind = w.chunk == before[r.idx] + w.ahead + 1  # even the last one read was full
             w.ahead = min(w.ahead * 2, 32) if w.behind else 1
+            w.final_look = w.final_look or (w.state is not None and not w.behind)
         return news
 
     def _settle(self, row: JobRow) -> bool:
@@ -640,8 +642,10 @@ class Run:
         clean_end = w.ended and not w.interrupted
         if not (clean_end or state):
             return bool(final)
-        if not w.ended and w.behind:
-            return bool(final)  # the job is over, its files are not all read yet: next look
+        if not w.ended and not w.final_look:
+            # Over, says the scheduler, but its files were not read whole since: a failed or
+            # lagging look must not turn records still in them into lost tasks.
+            return bool(final)
         missing = [i for i in row.task_range if i not in self._finished]
         if missing and clean_end and not state:
             held = [i for i in missing if i in w.records]
