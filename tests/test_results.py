@@ -88,3 +88,21 @@ def test_sinfo_parsing_keeps_the_usable_nodes_of_one_partition():
     assert parse_sinfo(SINFO, "nosuch") is None
     assert parse_sinfo("main*|2|18079|1|down|infinite\n", None) is None  # nothing usable
     assert parse_sinfo("", None) is None
+
+
+def test_sbatch_refusals_for_the_user_job_limit_are_waited_out():
+    from slurmrunner.errors import SchedulerError, SubmitLimitError
+    from slurmrunner.hosts.base import CommandResult
+    from slurmrunner.slurm import _raise_for
+
+    def refusal(stderr):
+        with pytest.raises(SchedulerError) as info:
+            _raise_for(CommandResult(("sbatch",), 1, "", stderr), "sbatch refused the job")
+        return info.value
+
+    policy = "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy"
+    for limit in ("QOSMaxSubmitJobPerUserLimit", "AssocMaxSubmitJobLimit", "QOSGrpSubmitJobsLimit"):
+        assert isinstance(refusal(f"sbatch: error: {limit}\n{policy}"), SubmitLimitError)
+    for final in ("QOSMaxWallDurationPerJobLimit", "QOSGrpGRES"):
+        err = refusal(f"sbatch: error: {final}\n{policy}")
+        assert not isinstance(err, SubmitLimitError) and final in str(err)

@@ -7,8 +7,17 @@ import sys
 import time
 from pathlib import Path
 
-from slurmrunner import Profile, Runner, SlurmRunnerConfig, Store, TaskResources, script
-from slurmrunner.errors import HostError
+from slurmrunner import (
+    PollPolicy,
+    Profile,
+    Runner,
+    SlurmRunnerConfig,
+    Store,
+    TaskResources,
+    script,
+)
+from slurmrunner.backends import backend_for
+from slurmrunner.errors import HostError, SubmitLimitError
 from slurmrunner.runner import Run
 from slurmrunner.store import claim_is_live, new_claim
 
@@ -194,3 +203,31 @@ def test_a_failed_look_at_an_ended_job_concludes_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     results = run.wait(timeout=30)
     assert [x.result["square"] for x in results] == [25, 36]
+
+
+def test_a_full_user_queue_delays_jobs_and_loses_nothing(tmp_path, monkeypatch):
+    # As sbatch does under MaxSubmitJobsPerUser=1: a second job is refused while one is queued.
+    r = runner(tmp_path)
+    r.poll_policy = PollPolicy(submit_limit_retry_s=0.2)
+    scheduler = backend_for(r.profile).scheduler
+    real_submit = scheduler.submit
+    queued_at_once = []
+
+    def limited_submit(script_text):
+        live = [s for s in scheduler.poll(list(scheduler._jobs)).values() if not s.terminal]
+        queued_at_once.append(len(live))
+        if live:
+            raise SubmitLimitError(
+                "sbatch refused the job: sbatch: error: QOSMaxSubmitJobPerUserLimit"
+            )
+        return real_submit(script_text)
+
+    monkeypatch.setattr(scheduler, "submit", limited_submit)
+    res = TaskResources(tasks_per_job=2, parallel_tasks_per_job=2)
+    run = r.submit([sys.executable, TASK], [{"x": i} for i in range(8)], res)
+    results = run.wait(timeout=60)
+    assert [x.result["square"] for x in results] == [i * i for i in range(8)]
+    assert len(set(run.job_ids())) == 4
+    assert max(queued_at_once) >= 1  # the limit was met...
+    assert run.status().calls["local_submit"] > 4  # ... and waited out, not failed
+    assert any("room in the user's queue" in w for w in run.warnings)

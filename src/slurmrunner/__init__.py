@@ -22,6 +22,7 @@ from .errors import (
     SSHError,
     SSHHostKeyError,
     SSHKeyError,
+    SubmitLimitError,
     TransientSchedulerError,
 )
 from .pacing import PollPolicy
@@ -52,6 +53,7 @@ __all__ = [
     "SlurmRunnerConfig",
     "SlurmRunnerError",
     "Store",
+    "SubmitLimitError",
     "TaskError",
     "TaskResources",
     "TaskResult",

@@ -51,5 +51,10 @@ class TransientSchedulerError(SchedulerError):
     """The scheduler did not answer this time (e.g. 'Socket timed out'): retry, never conclude."""
 
 
+class SubmitLimitError(SchedulerError):
+    """The user's limit on jobs in the queue is reached (QOS/association MaxSubmitJobs):
+    the job is submitted later, when some of the user's jobs have left."""
+
+
 class RunNotFoundError(SlurmRunnerError, LookupError):
     """No run with that id in the store."""

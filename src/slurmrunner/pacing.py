@@ -14,6 +14,8 @@ class PollPolicy:
     squeue_min_s: float = 1.0
     squeue_max_s: float = 30.0
     submit_retry_s: tuple[float, ...] = (1, 2, 4, 8, 15, 30, 30, 30)
+    # sbatch refused for the user's job limit: try again after this, or when a job ends
+    submit_limit_retry_s: float = 30.0
 
 
 class ReadPace:

@@ -34,6 +34,7 @@ from .errors import (
     SSHAuthError,
     SSHHostKeyError,
     SSHKeyError,
+    SubmitLimitError,
     TransientSchedulerError,
 )
 from .jobstate import JobState
@@ -357,6 +358,7 @@ class Run:
         opened = self.backend.connections_opened()
         self._connections_at_start = opened if connections_before is None else connections_before
         self._claim = new_claim()
+        self._retry_submit_at: float | None = None  # set while the user's job limit holds
 
     @property
     def n_tasks(self) -> int:
@@ -396,6 +398,7 @@ class Run:
         return result
 
     def _submit_missing(self) -> None:
+        self._retry_submit_at = None
         todo = [j for j in self.store.jobs(self.id) if j.job_id is None and not j.done]
         if not todo:
             return
@@ -414,6 +417,15 @@ class Run:
             job = self.spec.job(row.idx, list(zip(row.task_range, args, strict=True)), plan)
             try:
                 job_id = self._sbatch(render_script(job, worker_source()), job.job_name)
+            except SubmitLimitError as exc:
+                # Not a failure: the job waits in the store until the user's queue has room.
+                self.store.update_job(self.id, row.idx, state="NEW")
+                self._retry_submit_at = time.monotonic() + self.poll_policy.submit_limit_retry_s
+                note = f"job {row.idx} and later wait for room in the user's queue: {exc}"
+                if note not in self.warnings:
+                    self.warnings.append(note)
+                log.warning("%s", note)
+                return  # the jobs after it would meet the same limit
             except SchedulerError as exc:
                 if row.idx == 0:
                     self.store.update_job(self.id, row.idx, state="NEW")
@@ -501,6 +513,8 @@ class Run:
         return self.results()
 
     def _cycle(self) -> bool:
+        if self._retry_submit_at is not None and time.monotonic() >= self._retry_submit_at:
+            self._submit_missing()
         rows = [r for r in self.store.jobs(self.id) if not r.done and r.job_id]
         if not rows:
             self._flush_counters()
@@ -670,6 +684,8 @@ class Run:
             reason=w.state.reason if w.state else "",
             done=1,
         )
+        if self._retry_submit_at is not None:
+            self._retry_submit_at = time.monotonic()  # a job left: room for a waiting one
         return True
 
     def _job_output_tail(self, row: JobRow, limit: int = 2048) -> str:

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from .batching import PartitionShape
 from .config import parse_time_minutes
-from .errors import HostError, SchedulerError, TransientSchedulerError
+from .errors import HostError, SchedulerError, SubmitLimitError, TransientSchedulerError
 from .hosts.base import CommandResult, Host
 from .jobstate import GONE, JobState
 
@@ -31,6 +31,9 @@ _TRANSIENT = (
     "insane message length",
     "resource temporarily unavailable",
 )
+# sbatch names the limit on a line of its own: QOSMaxSubmitJobPerUserLimit,
+# AssocMaxSubmitJobLimit, QOSGrpSubmitJobsLimit, ... (other accounting limits are final).
+_SUBMIT_LIMIT = ("maxsubmitjob", "grpsubmitjob")
 _INVALID_JOB_ID = "invalid job id specified"
 _SQUEUE_FORMAT = "%i|%T|%r|%j"
 _SINFO_FORMAT = "%P|%c|%m|%D|%t|%l"
@@ -47,6 +50,8 @@ def _raise_for(result: CommandResult, what: str) -> None:
     err = result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}"
     if is_transient(err):
         raise TransientSchedulerError(f"{what}: {err}")
+    if any(text in err.lower() for text in _SUBMIT_LIMIT):
+        raise SubmitLimitError(f"{what}: {err}")
     raise SchedulerError(f"{what}: {err}")
 
 

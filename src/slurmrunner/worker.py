@@ -9,6 +9,7 @@ On SIGTERM/SIGINT (scancel, time limit) every unfinished task is recorded as `in
 before the worker exits; the runner turns that into the scheduler's real cause.
 """
 
+import collections
 import contextlib
 import json
 import os
@@ -107,7 +108,7 @@ class Worker(object):
         self.run_dir = os.path.abspath(payload["run_dir"])
         self.job = payload["job_index"]
         self.parallel = max(1, int(payload["parallel"]))
-        self.pending = list(payload["tasks"])
+        self.pending = collections.deque(payload["tasks"])
         self.running = {}  # pid -> (task, started, log path, out path)
         self.done = set()
         self.cgroup_files = _memory_cgroup_files()
@@ -195,16 +196,14 @@ class Worker(object):
                     os.close(stdin)
             else:
                 pid = self._spawn(cmd, self.devnull, logfd, env)
-        except OSError as exc:
-            message = "cannot start %r: %s" % (cmd[0], exc.strerror)
+        except (OSError, _LaunchError) as exc:
+            if isinstance(exc, OSError):
+                message = "cannot start %r: %s" % (cmd[0], exc.strerror)
+            else:
+                message = str(exc)
             os.write(logfd, (message + "\n").encode())
             os.close(logfd)
             self.finish(task, started, log, None, 127, None, None, "launch_error", message)
-            return
-        except _LaunchError as exc:
-            os.write(logfd, (str(exc) + "\n").encode())
-            os.close(logfd)
-            self.finish(task, started, log, None, 127, None, None, "launch_error", str(exc))
             return
         os.close(logfd)
         self.running[pid] = (task, started, log, out)
@@ -320,7 +319,7 @@ class Worker(object):
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
         name = _signal_name(signum)
-        for task in [e[0] for e in self.running.values()] + self.pending:
+        for task in [e[0] for e in self.running.values()] + list(self.pending):
             if task["i"] in self.done:
                 continue
             self.emit(
@@ -375,7 +374,7 @@ class Worker(object):
         try:
             while self.pending or self.running:
                 while self.pending and len(self.running) < self.parallel:
-                    self.launch(self.pending.pop(0))
+                    self.launch(self.pending.popleft())
                 if self.running:
                     self.reap_one()
         except _Interrupted as exc:
