@@ -153,6 +153,8 @@ def _summary(run: Run, status: RunStatus, elapsed: float | None = None) -> None:
         "calls",
         ", ".join(f"{name}: {n}" for name, n in sorted(calls.items())) or "none",
     )
+    if status.warnings:
+        table.add_row("warnings", f"{len(set(status.warnings))} (printed as they came)")
     if elapsed is not None:
         table.add_row("wall", f"{elapsed:.1f} s")
     table.add_row("run folder", run.run_dir)
@@ -167,9 +169,33 @@ def _summary(run: Run, status: RunStatus, elapsed: float | None = None) -> None:
             break
 
 
+LOG_PROGRESS_EVERY_S = 30.0
+
+
+def _progress_line(st: RunStatus) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(st.counts.items()))
+    jobs = ", ".join(f"{k} {v}" for k, v in sorted(st.jobs.items()))
+    done = f"{st.finished}/{st.n_tasks} finished ({counts or 'none yet'})"
+    return f"run {st.run_id}: {done}; jobs: {jobs}"
+
+
 def _watch(run: Run) -> RunStatus:
     if not err.is_terminal:
-        return run.wait() and run.status()
+        # A log, not a screen: a progress line now and then, and each new warning once.
+        last = [time.monotonic()]
+        said: set[str] = set()
+
+        def log_progress(st: RunStatus) -> None:
+            for warning in st.warnings:
+                if warning not in said:
+                    said.add(warning)
+                    err.print(f"warning: {escape(warning)}", highlight=False)
+            if time.monotonic() - last[0] >= LOG_PROGRESS_EVERY_S and not st.done:
+                last[0] = time.monotonic()
+                err.print(_progress_line(st), highlight=False)
+
+        run.wait(log_progress)
+        return run.status()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -181,9 +207,15 @@ def _watch(run: Run) -> RunStatus:
     ) as bar:
         task = bar.add_task(f"run {run.id}", total=run.n_tasks, detail="")
 
+        said: set[str] = set()
+
         def show(st: RunStatus) -> None:
             detail = " ".join(f"{k}:{v}" for k, v in sorted(st.counts.items()))
             bar.update(task, completed=st.finished, detail=detail)
+            for warning in st.warnings:
+                if warning not in said:
+                    said.add(warning)
+                    bar.console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
         run.wait(show)
     return run.status()
