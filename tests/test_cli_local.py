@@ -239,7 +239,7 @@ def test_run_200_inputs_in_order(tmp_path, project_dir, local_profile_file):
     assert len({r["job_id"] for r in results}) == jobs
     assert f"200 tasks in {jobs} job" in proc.stderr
     if jobs < 4:
-        assert f"(4 planned; the partition runs only {jobs} such at once)" in proc.stderr
+        assert f"(4 planned, but only {jobs} fit side by side)" in proc.stderr
     assert all(r["log"].startswith(f"{project_dir}/.slurmrunner/runs/") for r in results)
     assert "200" in flat(proc.stderr)
 

@@ -301,9 +301,7 @@ def _plan_line(run: Run) -> str:
     jobs = f"{plan.num_jobs} job" + ("s" if plan.num_jobs != 1 else "")
     line = f"run {run.id}: {run.n_tasks} tasks in {jobs}, {plan.parallel_tasks_per_job} at a time"
     if plan.fitted_from:
-        line += (
-            f" ({plan.fitted_from} planned; the partition runs only {plan.num_jobs} such at once)"
-        )
+        line += f" ({plan.fitted_from} planned, but only {plan.num_jobs} fit side by side)"
     return line
 
 

@@ -42,9 +42,7 @@ def test_jobs_fit_what_the_partition_runs_at_once(srv: Srv, profile: dict) -> No
     proc, results = srv.run_inputs(profile, [{"x": i} for i in range(40)])
     assert proc.returncode == 0, proc.stderr
     assert len(_job_ids(results)) == 1
-    assert "40 tasks in 1 job, 2 at a time (4 planned; the partition runs only 1 such at once)" in (
-        proc.stderr
-    )
+    assert "40 tasks in 1 job, 2 at a time (4 planned, but only 1 fit side by side)" in proc.stderr
     one_cpu = json.loads(json.dumps(CONFIG))
     one_cpu["batching_config"].update(target_cpus_per_job=1, max_cpus_per_job=1)
     proc, results = srv.run_inputs(profile, [{"x": i} for i in range(40)], one_cpu)
