@@ -179,17 +179,22 @@ def _progress_line(st: RunStatus) -> str:
     return f"run {st.run_id}: {done}; jobs: {jobs}"
 
 
+def _print_new_warnings(st: RunStatus, said: set[str]) -> None:
+    """Each warning once, as it comes (above the progress bar when there is one)."""
+    for warning in st.warnings:
+        if warning not in said:
+            said.add(warning)
+            err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
 def _watch(run: Run) -> RunStatus:
+    said: set[str] = set()
     if not err.is_terminal:
         # A log, not a screen: a progress line now and then, and each new warning once.
         last = [time.monotonic()]
-        said: set[str] = set()
 
         def log_progress(st: RunStatus) -> None:
-            for warning in st.warnings:
-                if warning not in said:
-                    said.add(warning)
-                    err.print(f"warning: {escape(warning)}", highlight=False)
+            _print_new_warnings(st, said)
             if time.monotonic() - last[0] >= LOG_PROGRESS_EVERY_S and not st.done:
                 last[0] = time.monotonic()
                 err.print(_progress_line(st), highlight=False)
@@ -207,15 +212,10 @@ def _watch(run: Run) -> RunStatus:
     ) as bar:
         task = bar.add_task(f"run {run.id}", total=run.n_tasks, detail="")
 
-        said: set[str] = set()
-
         def show(st: RunStatus) -> None:
             detail = " ".join(f"{k}:{v}" for k, v in sorted(st.counts.items()))
             bar.update(task, completed=st.finished, detail=detail)
-            for warning in st.warnings:
-                if warning not in said:
-                    said.add(warning)
-                    bar.console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+            _print_new_warnings(st, said)
 
         run.wait(show)
     return run.status()
