@@ -987,24 +987,17 @@ def write_report(
                 f"- {r.workload} {r.contender} run {r.rep}: the cluster was not idle "
                 f"at the start (waited {opts.idle_wait:.0f} s)"
             )
-        if (
-            r.contender == "slurmrunner-sudo"
-            and r.data.get("sbatch") is not None
-            and r.calls.get("sbatch") not in (None, r.data.get("sbatch"))
-        ):
-            problems.append(
-                f"- {r.workload} {r.contender} run {r.rep}: self-reported sbatch "
-                f"{r.data.get('sbatch')} != counted {r.calls.get('sbatch')}"
-            )
-        if (
-            r.contender == "slurmrunner-sudo"
-            and r.data.get("squeue") is not None
-            and r.calls.get("squeue") not in (None, r.data.get("squeue"))
-        ):
-            problems.append(
-                f"- {r.workload} {r.contender} run {r.rep}: self-reported squeue "
-                f"{r.data.get('squeue')} != counted {r.calls.get('squeue')}"
-            )
+        for call in ("sbatch", "squeue"):  # the runner's own counts against the shims'
+            reported, counted = r.data.get(call), r.calls.get(call)
+            if (
+                r.contender == "slurmrunner-sudo"
+                and reported is not None
+                and counted not in (None, reported)
+            ):
+                problems.append(
+                    f"- {r.workload} {r.contender} run {r.rep}: self-reported {call} "
+                    f"{reported} != counted {counted}"
+                )
     how = "bench/run" + (" --quick" if opts.quick else "")
     reps = (
         f"{opts.repeats} runs per cell for slurmrunner and the floor, "
