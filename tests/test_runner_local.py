@@ -212,15 +212,17 @@ def test_a_full_user_queue_delays_jobs_and_loses_nothing(tmp_path, monkeypatch):
     scheduler = backend_for(r.profile).scheduler
     real_submit = scheduler.submit
     queued_at_once = []
+    submitted: list[str] = []
 
     def limited_submit(script_text):
-        live = [s for s in scheduler.poll(list(scheduler._jobs)).values() if not s.terminal]
+        live = [s for s in scheduler.poll(submitted).values() if not s.terminal]
         queued_at_once.append(len(live))
         if live:
             raise SubmitLimitError(
                 "sbatch refused the job: sbatch: error: QOSMaxSubmitJobPerUserLimit"
             )
-        return real_submit(script_text)
+        submitted.append(real_submit(script_text))
+        return submitted[-1]
 
     monkeypatch.setattr(scheduler, "submit", limited_submit)
     res = TaskResources(tasks_per_job=2, parallel_tasks_per_job=2)

@@ -203,8 +203,24 @@ def test_bad_command_and_call_refused():
         runner.render([], [{"x": 1}])
     with pytest.raises(ConfigError, match=r"^call"):
         runner.render(["true"], [{"x": 1}], call="argv")
-    with pytest.raises(ConfigError, match=r"^workdir"):
-        runner.render(["true"], [{"x": 1}], workdir="relative/dir")
+    cluster = make_runner(backend="slurm_sudo", username="alice")
+    with pytest.raises(ConfigError, match=r"^workdir.*cannot be used on a cluster"):
+        cluster.render(["true"], [{"x": 1}], workdir="relative/dir")
+
+
+def test_local_paths_resolve_against_the_callers_folder(tmp_path, monkeypatch):
+    # One path rule (CLI and API): relative workdir and program paths mean the caller's folder,
+    # and on this machine any folder name works, quoted.
+    here = tmp_path / "My Project é"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    job = make_runner(project_dir=str(here / "work")).plan(["./task.sh", "a b"], [{"x": 1}])[0]
+    assert job.workdir == str(here)
+    assert job.command == (str(here / "task.sh"), "a b")
+    other = make_runner(project_dir=str(here)).plan(["true"], [{"x": 1}], workdir="sub")[0]
+    assert other.workdir == str(here / "sub")
+    script = render_script(job, worker_source())
+    assert f"#SBATCH --chdir='{here}/work/.slurmrunner/runs/RUNID'" in script
 
 
 def test_heredoc_marker_in_worker_refused():

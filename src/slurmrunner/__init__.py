@@ -23,6 +23,7 @@ from .errors import (
     SSHHostKeyError,
     SSHKeyError,
     SubmitLimitError,
+    TaskFailedError,
     TransientSchedulerError,
 )
 from .pacing import PollPolicy
@@ -55,6 +56,7 @@ __all__ = [
     "Store",
     "SubmitLimitError",
     "TaskError",
+    "TaskFailedError",
     "TaskResources",
     "TaskResult",
     "TransientSchedulerError",

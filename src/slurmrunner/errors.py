@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SlurmRunnerError(Exception):
     """Base class of every error slurmrunner raises on purpose."""
@@ -54,6 +56,21 @@ class TransientSchedulerError(SchedulerError):
 class SubmitLimitError(SchedulerError):
     """The user's limit on jobs in the queue is reached (QOS/association MaxSubmitJobs):
     the job is submitted later, when some of the user's jobs have left."""
+
+
+class TaskFailedError(SlurmRunnerError):
+    """Some tasks of a run did not end ok (Runner.run(..., raise_on_failure=True))."""
+
+    def __init__(self, run_id: str, failed: list[Any], results: list[Any]) -> None:
+        self.run_id = run_id
+        self.failed = failed  # the TaskResults that are not ok, in input order
+        self.results = results  # every TaskResult, in input order
+        first = failed[0]
+        why = f"{first.error.cause}: {first.error.message}" if first.error else first.status
+        super().__init__(
+            f"run {run_id}: {len(failed)} of {len(results)} tasks did not end ok "
+            f"(first: task {first.index}, {why})"
+        )
 
 
 class RunNotFoundError(SlurmRunnerError, LookupError):

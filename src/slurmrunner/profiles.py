@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import describe_validation_error, load_json_or_toml
 from .errors import ConfigError
-from .quoting import cluster_path, posix_username
+from .quoting import cluster_path, local_path, posix_username
 
 Backend = Literal["local", "slurm_sudo", "slurm_ssh"]
 
@@ -42,11 +41,6 @@ class Profile(BaseModel):
     def _username(cls, v: str | None) -> str | None:
         return None if v is None else posix_username(v)
 
-    @field_validator("project_dir", "cache_dir")
-    @classmethod
-    def _paths(cls, v: str | None, info: Any) -> str | None:
-        return None if v is None else cluster_path(v, info.field_name)
-
     @model_validator(mode="after")
     def _needs(self) -> Profile:
         required = {
@@ -57,13 +51,19 @@ class Profile(BaseModel):
         missing = [key for key in required if getattr(self, key) is None]
         if missing:
             raise ValueError(f"backend {self.backend!r} needs {', '.join(missing)}")
+        # Local paths may hold any name (they are quoted); cluster paths go into #SBATCH lines.
+        check = local_path if self.backend == "local" else cluster_path
+        for key in ("project_dir", "cache_dir"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, check(value, key))  # normalised, still frozen
         return self
 
     def resolved_project_dir(self) -> str:
         """The local backend defaults to ./.slurmrunner-work; cluster backends must say."""
         if self.project_dir:
             return self.project_dir
-        return cluster_path(os.path.abspath(".slurmrunner-work"), "project_dir")
+        return local_path(".slurmrunner-work", "project_dir")
 
     def cache_base(self) -> str:
         return self.cache_dir or f"{self.resolved_project_dir()}/.fractal_cache"

@@ -5,6 +5,7 @@ Every value placed in a script or a command line passes through one of these.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 
@@ -51,7 +52,16 @@ def cluster_path(path: str, key: str) -> str:
     """An absolute path on the cluster that is safe in #SBATCH lines and commands."""
     if not _SAFE_PATH_RE.fullmatch(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
         raise ConfigError(
-            f"{key}: {path!r} must be an absolute, normalised path of letters, digits and "
-            "_ . , : = @ % + - / (no spaces, no quotes, no '..')"
+            f"{key}: {path!r} cannot be used on a cluster: sbatch reads it unquoted, so it must "
+            "be an absolute, normalised path of letters, digits and _ . , : = @ % + - / "
+            "(no spaces, quotes, accents or '..'). Use a folder whose path has none of these."
         )
     return path.rstrip("/") or "/"
+
+
+def local_path(path: str, key: str) -> str:
+    """A path on this machine, made absolute against the current folder. Any name works
+    (spaces, accents: it is always quoted); only what cannot sit on one line is refused."""
+    if not isinstance(path, str) or not path or any(c in path for c in "\0\n\r"):
+        raise ConfigError(f"{key}: {path!r} must be a non-empty path on one line")
+    return os.path.normpath(os.path.abspath(path))

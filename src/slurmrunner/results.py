@@ -44,6 +44,10 @@ class TaskResult:
     job_id: str | None = None
     log: str | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

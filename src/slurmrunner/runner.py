@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib.resources import files
@@ -25,22 +26,24 @@ from typing import Any
 
 from .backends import Backend, backend_for
 from .batching import BatchPlan, PartitionShape, plan_batches
-from .config import SlurmRunnerConfig, TaskResources, merge_resources
+from .config import SlurmRunnerConfig, TaskResources, merge_resources, parse_resources
 from .errors import (
     ConfigError,
     HostError,
     ImpersonationError,
     SchedulerError,
+    SlurmRunnerError,
     SSHAuthError,
     SSHHostKeyError,
     SSHKeyError,
     SubmitLimitError,
+    TaskFailedError,
     TransientSchedulerError,
 )
 from .jobstate import JobState
 from .pacing import PollPolicy, ReadPace
 from .profiles import Profile
-from .quoting import cluster_path
+from .quoting import cluster_path, local_path
 from .results import TaskError, TaskResult, cancelled, from_record, without_record
 from .script import JobSpec, check_script_size, job_name, render_script, results_relpath
 from .store import JobRow, Store, claim_is_live, new_claim
@@ -53,6 +56,7 @@ _RECORD_HEAD = re.compile(r'\{"i":(\d+),')
 # Host errors that waiting does not cure: stop at once and say why.
 _NOT_TRANSIENT = (SSHKeyError, SSHHostKeyError, SSHAuthError, ImpersonationError)
 Progress = Callable[["RunStatus"], None]
+Resources = TaskResources | Mapping[str, Any] | None
 # Partitions change rarely: one sinfo per profile and partition per SHAPE_MAX_AGE_S.
 SHAPE_MAX_AGE_S = 300.0
 _shapes: dict[tuple[str, str | None], tuple[float, PartitionShape | None]] = {}
@@ -72,6 +76,8 @@ class RunStatus:
     jobs: Counter[str] = field(default_factory=Counter)  # job state -> n
     calls: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: Results this Run object saved since its previous status(): print failures as they come.
+    new_results: list[TaskResult] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -87,13 +93,47 @@ def new_run_id() -> str:
 
 
 def _check_command(command: Sequence[str], call: str) -> tuple[str, ...]:
-    if not command or not all(isinstance(w, str) and w for w in command):
-        raise ConfigError("command: give the program and its arguments, e.g. -- python3 task.py")
+    if (
+        isinstance(command, str)
+        or not command
+        or not all(isinstance(w, str) and w for w in command)
+    ):
+        raise ConfigError(
+            "command: give the program and its arguments as a list, e.g. ['python3', 'task.py']"
+        )
     if any("\0" in w for w in command):
         raise ConfigError("command: contains a NUL byte")
     if call not in CALL_FORMS:
         raise ConfigError(f"call: {call!r} is not one of {', '.join(CALL_FORMS)}")
     return tuple(command)
+
+
+def _local_command(command: tuple[str, ...]) -> tuple[str, ...]:
+    """A program named by a relative path runs from the caller's folder, wherever the task's
+    working directory is (a bare name is looked up on PATH, as a shell would)."""
+    program = command[0]
+    if "/" in program and not os.path.isabs(program):
+        return (os.path.abspath(program), *command[1:])
+    return command
+
+
+def _as_resources(resources: TaskResources | Mapping[str, Any] | None) -> TaskResources:
+    if resources is None:
+        return TaskResources()
+    if isinstance(resources, TaskResources):
+        return resources
+    return parse_resources(dict(resources))
+
+
+def _as_inputs(inputs: Iterable[Any]) -> list[Any]:
+    """Any iterable, read once (a generator too); each input must be JSON."""
+    values = list(inputs)
+    for n, value in enumerate(values):
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"inputs[{n}]: not JSON ({exc})") from None
+    return values
 
 
 class Runner:
@@ -134,14 +174,34 @@ class Runner:
     def submit(
         self,
         command: Sequence[str],
-        inputs: Sequence[Any],
-        resources: TaskResources | None = None,
+        inputs: Iterable[Any],
+        resources: Resources = None,
         call: str = "fractal",
         workdir: str | None = None,
     ) -> Run:
         """Plan, store and submit every job; return at once with a Run to watch."""
+        run = self.prepare(command, inputs, resources, call, workdir)
+        run.start()
+        return run
+
+    def prepare(
+        self,
+        command: Sequence[str],
+        inputs: Iterable[Any],
+        resources: Resources = None,
+        call: str = "fractal",
+        workdir: str | None = None,
+    ) -> Run:
+        """Plan and store the run; nothing is submitted until `Run.start()`.
+
+        The run id exists before any job does, so an interruption while submitting can be
+        cleaned up: `Run.cancel()` cancels what went through and drops the rest.
+        """
         run_id = new_run_id()
-        spec = _RunSpec.new(self.config, self.profile, command, resources, call, workdir, run_id)
+        inputs = _as_inputs(inputs)
+        spec = _RunSpec.new(
+            self.config, self.profile, command, _as_resources(resources), call, workdir, run_id
+        )
         tasks = list(enumerate(inputs))
         backend = backend_for(self.profile)
         connections_before = backend.connections_opened()
@@ -155,11 +215,10 @@ class Runner:
             # Fewer, bigger jobs made a script too large: keep the plain plan instead.
             spec = replace(fitted, partition=None)
             self._check_sizes(spec.jobs(tasks))
-        self.store.create_run(run_id, spec.to_dict(), list(inputs), spec.plan.job_sizes)
+        self.store.create_run(run_id, spec.to_dict(), inputs, spec.plan.job_sizes)
         run = Run(run_id, self.store, spec, self.poll_policy, connections_before)
         if asked:
             run.calls[backend.scheduler.call_names["shape"]] += 1
-        run.start()
         return run
 
     def _fit_to_partition(self, spec: _RunSpec, backend: Backend) -> tuple[_RunSpec, bool]:
@@ -188,24 +247,36 @@ class Runner:
     def run(
         self,
         command: Sequence[str],
-        inputs: Sequence[Any],
-        resources: TaskResources | None = None,
+        inputs: Iterable[Any],
+        resources: Resources = None,
         call: str = "fractal",
         workdir: str | None = None,
         progress: Progress | None = None,
+        raise_on_failure: bool = False,
     ) -> list[TaskResult]:
-        """Submit and wait; results in input order. Ctrl-C cancels the run's jobs."""
-        run = self.submit(command, inputs, resources, call, workdir)
+        """Submit and wait; results in input order. Ctrl-C cancels the run's jobs.
+
+        With raise_on_failure, a run with any task not ok raises TaskFailedError (which
+        carries every result) instead of returning.
+        """
+        run = self.prepare(command, inputs, resources, call, workdir)
         try:
-            return run.wait(progress)
+            run.start()
+            results = run.wait(progress)
         except BaseException:
             run.cancel()
             raise
+        failed = [r for r in results if not r.ok]
+        if raise_on_failure and failed:
+            raise TaskFailedError(run.id, failed, results)
+        return results
 
     @staticmethod
     def attach(run_id: str, store: Store | None = None, poll: PollPolicy | None = None) -> Run:
-        """A run started by this or another process (from the store)."""
+        """A run started by this or another process (from the store); `run_id` may also be
+        `last` or a unique prefix of an id."""
         store = store or Store()
+        run_id = store.resolve_run_id(run_id)
         spec = _RunSpec.from_dict(store.run(run_id).spec)
         return Run(run_id, store, spec, poll or PollPolicy())
 
@@ -235,14 +306,20 @@ class _RunSpec:
         workdir: str | None,
         run_id: str,
     ) -> _RunSpec:
-        if workdir is not None:
+        checked = _check_command(command, call)
+        # One path rule for the CLI and the API: on this machine, tasks run where the caller
+        # is unless told otherwise, and relative paths mean the caller's folder.
+        if profile.backend == "local":
+            workdir = local_path(workdir or os.getcwd(), "workdir")
+            checked = _local_command(checked)
+        elif workdir is not None:
             workdir = cluster_path(workdir, "workdir")
         return cls(
             run_id,
             config,
             profile,
             resources or TaskResources(),
-            _check_command(command, call),
+            checked,
             call,
             workdir,
         )
@@ -284,6 +361,7 @@ class _RunSpec:
             call=self.call,
             workdir=self.workdir,
             python=self.config.python,
+            local=self.profile.backend == "local",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,6 +437,7 @@ class Run:
         self._connections_at_start = opened if connections_before is None else connections_before
         self._claim = new_claim()
         self._retry_submit_at: float | None = None  # set while the user's job limit holds
+        self._new: list[TaskResult] = []  # saved since the last status()
 
     @property
     def n_tasks(self) -> int:
@@ -497,20 +576,33 @@ class Run:
     def wait(
         self, progress: Progress | None = None, timeout: float | None = None
     ) -> list[TaskResult]:
+        """Watch until every task has ended; results in input order."""
+        for status in self._cycles(timeout):
+            if progress:
+                progress(status)
+        return self.results()
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[TaskResult]:
+        """Each task's result once, as soon as it is known (those already known first)."""
+        yield from self.results()
+        for status in self._cycles(timeout):
+            yield from sorted(status.new_results, key=lambda r: r.index)
+
+    def _cycles(self, timeout: float | None) -> Iterator[RunStatus]:
+        """Watch, yielding the status after each look, until every task has ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._submit_missing()
         while True:
             news = self._cycle()
             status = self.status()
-            if progress:
-                progress(status)
+            yield status
             if status.done:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {self.id} not finished after {timeout}s")
             time.sleep(self._read_pace.after_read(news, time.monotonic()))
-        self.store.set_run_state(self.id, "done")
-        return self.results()
+        if self.store.run(self.id).state != "cancelled":
+            self.store.set_run_state(self.id, "done")
 
     def _cycle(self) -> bool:
         if self._retry_submit_at is not None and time.monotonic() >= self._retry_submit_at:
@@ -701,6 +793,7 @@ class Run:
         if fresh:
             self.store.save_results(self.id, fresh)
             self._finished.update(r.index for r in fresh)
+            self._new.extend(fresh)
 
     def _flush_counters(self) -> None:
         self.store.add_counters(self.id, self.calls)
@@ -715,6 +808,14 @@ class Run:
     # cancellation
     def cancel(self) -> int:
         """scancel the run's unfinished jobs (as the user); their tasks become `cancelled`."""
+        rows = [r for r in self.store.jobs(self.id) if not r.done]
+        for row in rows:
+            if row.job_id is None and row.state == "SUBMITTING":
+                # Submission interrupted (a signal, a killed process): it may have gone through.
+                with contextlib.suppress(SlurmRunnerError):
+                    found = self._find([job_name(self.id, row.idx)]).get(job_name(self.id, row.idx))
+                    if found:
+                        self.store.update_job(self.id, row.idx, job_id=found)
         rows = [r for r in self.store.jobs(self.id) if not r.done]
         ids = [r.job_id for r in rows if r.job_id]
         if ids:
@@ -739,6 +840,7 @@ class Run:
     # reading
     def status(self) -> RunStatus:
         jobs = self.store.jobs(self.id)
+        new, self._new = self._new, []
         return RunStatus(
             run_id=self.id,
             n_tasks=self.n_tasks,
@@ -746,6 +848,7 @@ class Run:
             jobs=Counter(j.state for j in jobs),
             calls=self.store.counters(self.id),
             warnings=list(self.warnings),
+            new_results=new,
         )
 
     def results(self) -> list[TaskResult]:

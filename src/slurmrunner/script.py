@@ -36,6 +36,8 @@ class JobSpec:
     call: str = "fractal"
     workdir: str | None = None
     python: str = "python3"
+    # Run by the local scheduler, which reads quoted paths: any folder name works there.
+    local: bool = False
 
     @property
     def job_name(self) -> str:
@@ -84,8 +86,11 @@ def sbatch_directives(job: JobSpec) -> list[str]:
             opts.append((key, value))
     if res.nodelist is not None:
         opts.append(("nodelist", res.nodelist))
-    opts += [("output", job.output_file), ("chdir", job.run_dir)]
-    return [f"#SBATCH --{key}={directive_value(key, value)}" for key, value in opts]
+    lines = [f"#SBATCH --{key}={directive_value(key, value)}" for key, value in opts]
+    for key, path in (("output", job.output_file), ("chdir", job.run_dir)):
+        value = shell_word(path) if job.local else directive_value(key, path)
+        lines.append(f"#SBATCH --{key}={value}")
+    return lines
 
 
 def worker_payload(job: JobSpec) -> dict[str, Any]:

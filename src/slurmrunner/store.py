@@ -174,6 +174,32 @@ class Store:
             ).fetchall()
         return [RunRow(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
 
+    def resolve_run_id(self, text: str) -> str:
+        """A run id from what a person types: the whole id, `last`, or a unique prefix."""
+        with self._lock:
+            if text == "last":
+                row = self._db.execute(
+                    "SELECT id FROM runs ORDER BY created DESC LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    raise RunNotFoundError(f"no runs yet in {self.path}")
+                return str(row[0])
+            exact = self._db.execute("SELECT id FROM runs WHERE id = ?", (text,)).fetchone()
+            if exact:
+                return str(exact[0])
+            # Escape LIKE's wildcards: an id never holds them, a typo might.
+            pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY created DESC LIMIT 6",
+                (pattern,),
+            ).fetchall()
+        if len(rows) == 1:
+            return str(rows[0][0])
+        if not rows:
+            raise RunNotFoundError(f"no run {text!r} in {self.path}")
+        shown = ", ".join(r[0] for r in rows[:5])
+        raise RunNotFoundError(f"{text!r} matches several runs ({shown}...): give more of the id")
+
     def set_run_state(self, run_id: str, state: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE runs SET state = ? WHERE id = ?", (state, run_id))

@@ -1,0 +1,229 @@
+"""The local queue's supervisor: starts queued jobs when CPUs are free, records their end.
+
+One per queue file at a time (an exclusive lock on `<queue>.supervisor.lock`); started
+detached by whichever process finds none running, and gone again once the queue has been idle
+for a moment. Jobs are its children, so it learns their exit status; jobs it did not start
+(its predecessor was killed) are watched by pid and start time instead.
+
+Started as `run(QUEUE_FILE)` in a fresh interpreter (see local_jobs.LocalScheduler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from .local_queue import Queue, QueuedJob, cpu_capacity, process_alive, start_ticks
+
+CANCEL_GRACE_S = 8.0  # after SIGTERM, a cancelled job has this long before SIGKILL
+LINGER_S = 2.0  # an idle supervisor waits this long for more work before leaving
+_WATCH_S = 0.5  # poll interval while jobs it did not start, or kills, need watching
+
+
+def supervisor_running(queue: Queue) -> bool:
+    """Whether some process holds the queue's supervisor lock."""
+    with open(queue.lock_path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def _wake_path(queue: Queue) -> Path:
+    return queue.path.with_name(queue.path.name + ".wake")
+
+
+def wake_supervisor(queue: Queue) -> None:
+    """Tell a running supervisor to look now (a byte into its FIFO; nobody reading: no-op)."""
+    try:
+        fd = os.open(_wake_path(queue), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # no FIFO or no reader: the supervisor is starting or leaving, it will look
+    with contextlib.suppress(OSError):
+        os.write(fd, b".")
+    os.close(fd)
+
+
+class Supervisor:
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.capacity = cpu_capacity()
+        self.children: dict[int, subprocess.Popen[bytes]] = {}  # row id -> job process
+
+    # one look at the queue
+    def tick(self) -> bool:
+        """Reap, watch, escalate, start. Returns whether anything still needs watching."""
+        live = self.queue.rows("ended IS NULL AND started IS NOT NULL")
+        for job in live:
+            self._watch(job)
+        self._escalate()
+        self._start_pending()
+        busy = self.queue.rows("ended IS NULL AND (started IS NOT NULL OR state = 'PENDING')")
+        return bool(busy)
+
+    def _end(self, job_id: int, exit_code: int | None, how: str) -> None:
+        with self.queue.write() as db:
+            db.execute(
+                "UPDATE jobs SET ended = ?, exit_code = ?, kill_at = NULL, "
+                "state = CASE WHEN state = 'RUNNING' THEN ? ELSE state END, "
+                "reason = CASE WHEN state = 'RUNNING' THEN ? ELSE reason END WHERE id = ?",
+                (time.time(), exit_code, "COMPLETED" if exit_code == 0 else "FAILED", how, job_id),
+            )
+
+    def _watch(self, job: QueuedJob) -> None:
+        proc = self.children.get(job.id)
+        if proc is not None:
+            rc = proc.poll()
+            if rc is None:
+                return
+            del self.children[job.id]
+            how = f"killed by signal {-rc}" if rc < 0 else ("" if rc == 0 else f"exit {rc}")
+            self._end(job.id, rc, how)
+        elif job.pid is None:
+            # Marked started by a supervisor that died before it could spawn the job.
+            if job.started is not None and time.time() - job.started > 30:
+                self._end(job.id, None, "did not start (its supervisor stopped)")
+        elif not process_alive(job.pid, job.start_ticks):
+            self._end(job.id, None, "ended while no supervisor watched it (exit status unknown)")
+
+    def _escalate(self) -> None:
+        now = time.time()
+        for job in self.queue.rows(
+            "ended IS NULL AND kill_at IS NOT NULL AND kill_at <= ?", (now,)
+        ):
+            if job.pid and process_alive(job.pid, job.start_ticks):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.pid, signal.SIGKILL)
+            with self.queue.write() as db:
+                db.execute("UPDATE jobs SET kill_at = NULL WHERE id = ?", (job.id,))
+
+    def _start_pending(self) -> None:
+        used = sum(j.cpus for j in self.queue.rows("ended IS NULL AND started IS NOT NULL"))
+        for job in self.queue.rows("state = 'PENDING' AND started IS NULL"):
+            if job.cpus > self.capacity - used:
+                continue  # a smaller job behind it may still fit
+            with self.queue.write() as db:
+                claimed = db.execute(
+                    "UPDATE jobs SET state = 'RUNNING', started = ? WHERE id = ? "
+                    "AND state = 'PENDING'",
+                    (time.time(), job.id),
+                ).rowcount
+            if claimed:
+                used += job.cpus
+                self._spawn(job)
+
+    def _spawn(self, job: QueuedJob) -> None:
+        script, env_json = self.queue.script_and_env(job.id)
+        env = {str(k): str(v) for k, v in json.loads(env_json).items()}
+        env["SLURMRUNNER_LOCAL_JOB_ID"] = job.job_id
+        env["SLURMRUNNER_JOB_NAME"] = job.name
+        out: IO[bytes] | int = subprocess.DEVNULL
+        try:
+            with tempfile.TemporaryFile() as stdin:  # the script, without a file name
+                stdin.write(script.encode())
+                stdin.seek(0)
+                if job.output:
+                    out = open(job.output, "ab")  # noqa: SIM115
+                proc = subprocess.Popen(
+                    ["bash", "-s"],
+                    stdin=stdin,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=job.chdir,
+                    env=env,
+                    start_new_session=True,  # its own process group: cancelled as one
+                    close_fds=True,
+                    umask=0o077,
+                )
+        except OSError as exc:
+            self._end(job.id, None, f"cannot start: {exc}")
+            return
+        finally:
+            if not isinstance(out, int):
+                out.close()
+        self.children[job.id] = proc
+        with self.queue.write() as db:
+            db.execute(
+                "UPDATE jobs SET pid = ?, start_ticks = ? WHERE id = ?",
+                (proc.pid, start_ticks(proc.pid), job.id),
+            )
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
+        if state == "CANCELLED":  # cancelled while it was being started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    def needs_polling(self) -> bool:
+        """Jobs it did not start, or pending kills, are only seen by looking."""
+        foreign = [
+            j
+            for j in self.queue.rows("ended IS NULL AND started IS NOT NULL")
+            if j.id not in self.children
+        ]
+        return bool(foreign or self.queue.rows("ended IS NULL AND kill_at IS NOT NULL"))
+
+
+def _open_wake_fifo(queue: Queue) -> int:
+    path = _wake_path(queue)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            os.unlink(path)
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+    # Read-write: the FIFO never reports end-of-file while no submitter has it open.
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+
+
+def run(queue_path: str) -> int:
+    queue = Queue(queue_path)
+    lock = open(queue.lock_path, "a")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        waited = False
+    except BlockingIOError:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # wait for a supervisor that is leaving
+        waited = True  # started beside another: leave at once if it left nothing to do
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    signal.set_wakeup_fd(sig_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a job ended: wake up (via sig_w)
+    wake = _open_wake_fifo(queue)
+    supervisor = Supervisor(queue)
+    idle_since: float | None = None
+    while True:
+        busy = supervisor.tick()
+        if busy:
+            waited = False
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic() - (LINGER_S if waited else 0.0)
+        elif time.monotonic() - idle_since >= LINGER_S:
+            with queue.write() as db:
+                # Leave only if no job came meanwhile; the lock is let go inside the same write
+                # transaction a submitter uses to look for a supervisor (local_jobs.submit).
+                waiting = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE ended IS NULL AND "
+                    "(started IS NOT NULL OR state = 'PENDING')"
+                ).fetchone()[0]
+                if not waiting:
+                    lock.close()
+            if not waiting:
+                return 0
+            idle_since = None
+        timeout = _WATCH_S if supervisor.needs_polling() else LINGER_S
+        ready, _, _ = select.select([sig_r, wake], [], [], timeout)
+        for fd in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(fd, 4096)
