@@ -1,0 +1,167 @@
+"""What a run is: command, call form, paths, resources and plan, enough to rebuild its jobs
+in any process (stored with the run). Pure apart from reading the worker's source."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from .batching import BatchPlan, PartitionShape, plan_batches
+from .config import SlurmRunnerConfig, TaskResources, merge_resources
+from .errors import ConfigError
+from .profiles import Profile
+from .quoting import cluster_path, local_path
+from .script import JobSpec
+
+CALL_FORMS = ("fractal", "stdin")
+
+
+@cache
+def worker_source() -> str:
+    return files("slurmrunner").joinpath("worker.py").read_text()
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _check_command(command: Sequence[str], call: str) -> tuple[str, ...]:
+    if (
+        isinstance(command, str)
+        or not command
+        or not all(isinstance(w, str) and w for w in command)
+    ):
+        raise ConfigError(
+            "command: give the program and its arguments as a list, e.g. ['python3', 'task.py']"
+        )
+    if any("\0" in w for w in command):
+        raise ConfigError("command: contains a NUL byte")
+    if call not in CALL_FORMS:
+        raise ConfigError(f"call: {call!r} is not one of {', '.join(CALL_FORMS)}")
+    return tuple(command)
+
+
+def _local_command(command: tuple[str, ...]) -> tuple[str, ...]:
+    """A program named by a relative path runs from the caller's folder, wherever the task's
+    working directory is (a bare name is looked up on PATH, as a shell would)."""
+    program = command[0]
+    if "/" in program and not os.path.isabs(program):
+        return (os.path.abspath(program), *command[1:])
+    return command
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is, enough to rebuild its jobs in another process."""
+
+    run_id: str
+    config: SlurmRunnerConfig
+    profile: Profile
+    resources: TaskResources
+    command: tuple[str, ...]
+    call: str
+    workdir: str | None
+    n_tasks: int = 0
+    partition: PartitionShape | None = None  # as seen at submission: the plan depends on it
+
+    @classmethod
+    def new(
+        cls,
+        config: SlurmRunnerConfig,
+        profile: Profile,
+        command: Sequence[str],
+        resources: TaskResources | None,
+        call: str,
+        workdir: str | None,
+        run_id: str,
+    ) -> RunSpec:
+        checked = _check_command(command, call)
+        # One path rule for the CLI and the API: on this machine, tasks run where the caller
+        # is unless told otherwise, and relative paths mean the caller's folder.
+        if profile.backend == "local":
+            workdir = local_path(workdir or os.getcwd(), "workdir")
+            checked = _local_command(checked)
+        elif workdir is not None:
+            workdir = cluster_path(workdir, "workdir")
+        return cls(
+            run_id,
+            config,
+            profile,
+            resources or TaskResources(),
+            checked,
+            call,
+            workdir,
+        )
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.profile.resolved_project_dir()}/.slurmrunner/runs/{self.run_id}"
+
+    @property
+    def plan(self) -> BatchPlan:
+        return self._plan_for(self.n_tasks)
+
+    def _plan_for(self, n_tasks: int) -> BatchPlan:
+        res = merge_resources(self.config, self.resources)
+        return plan_batches(n_tasks, res, self.config.batching_config, self.partition)
+
+    def exports(self) -> dict[str, str]:
+        base = self.profile.cache_base()
+        return {name: f"{base}/{rel}" for name, rel in self.config.user_local_exports.items()}
+
+    def jobs(self, tasks: list[tuple[int, Any]]) -> list[JobSpec]:
+        if self.n_tasks != len(tasks):
+            object.__setattr__(self, "n_tasks", len(tasks))
+        plan = self.plan
+        return [
+            self.job(k, [tasks[i] for i in rng], plan) for k, rng in enumerate(plan.job_ranges())
+        ]
+
+    def job(self, k: int, tasks: list[tuple[int, Any]], plan: BatchPlan) -> JobSpec:
+        return JobSpec(
+            run_id=self.run_id,
+            job_index=k,
+            run_dir=self.run_dir,
+            resources=merge_resources(self.config, self.resources),
+            plan=plan,
+            command=self.command,
+            tasks=tuple(tasks),
+            exports=self.exports(),
+            call=self.call,
+            workdir=self.workdir,
+            python=self.config.python,
+            local=self.profile.backend == "local",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "config": self.config.model_dump(mode="json", exclude_unset=True),
+            "profile": self.profile.model_dump(mode="json", exclude_unset=True),
+            "resources": self.resources.model_dump(mode="json", exclude_unset=True),
+            "command": list(self.command),
+            "call": self.call,
+            "workdir": self.workdir,
+            "n_tasks": self.n_tasks,
+            "partition": self.partition.to_dict() if self.partition else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(
+            d["run_id"],
+            SlurmRunnerConfig.model_validate(d["config"]),
+            Profile.model_validate(d["profile"]),
+            TaskResources.model_validate(d["resources"]),
+            tuple(d["command"]),
+            d["call"],
+            d["workdir"],
+            d["n_tasks"],
+            PartitionShape.from_dict(d["partition"]) if d.get("partition") else None,
+        )

@@ -1,0 +1,173 @@
+"""A run's submission: the run folder, then each job claimed in the store before its sbatch,
+so no job is ever submitted twice, even by two processes reattaching at the same moment."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from .backends import Backend
+from .errors import (
+    HostError,
+    ImpersonationError,
+    SchedulerError,
+    SSHAuthError,
+    SSHHostKeyError,
+    SSHKeyError,
+    SubmitLimitError,
+    TransientSchedulerError,
+)
+from .pacing import PollPolicy
+from .results import TaskError, TaskResult
+from .runspec import RunSpec, worker_source
+from .script import job_name, render_script
+from .store import JobRow, Store, claim_is_live
+
+log = logging.getLogger("slurmrunner")
+
+# Host errors that waiting does not cure: stop at once and say why.
+NOT_TRANSIENT = (SSHKeyError, SSHHostKeyError, SSHAuthError, ImpersonationError)
+
+
+class Submission:
+    """The submitting half of a Run (see run.Run, which holds the state named here)."""
+
+    id: str
+    store: Store
+    spec: RunSpec
+    poll_policy: PollPolicy
+    backend: Backend
+    calls: Counter[str]
+    warnings: list[str]
+    _claim: str
+    _retry_submit_at: float | None
+    _finished: set[int]
+
+    # Defined by Run: saving results and counting calls belong to watching.
+    def _save(self, results: Iterable[TaskResult]) -> None:
+        raise NotImplementedError
+
+    def _flush_counters(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Create the run folder as the user and submit every job not yet submitted."""
+        base = self.spec.profile.resolved_project_dir()
+        dirs = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs", self.run_dir]
+        subdirs = [f"{self.run_dir}/{sub}" for sub in ("jobs", "logs", "tasks", "results")]
+        self._user(["mkdir", "-p", "-m", "700", *dirs, *subdirs], check=True)
+        self._submit_missing()
+        self.store.set_run_state(self.id, "running")
+        self._flush_counters()
+
+    def _user(self, argv: list[str], check: bool = False) -> Any:
+        """An idempotent command as the user (mkdir -p, cat): run again if the connection
+        dropped while it ran."""
+        delays = [0.5, 1.0, 2.0]
+        while True:
+            self.calls[argv[0]] += 1
+            try:
+                result = self.backend.user_host.run(argv)
+                break
+            except HostError as exc:
+                if not getattr(exc, "maybe_ran", False) or not delays:
+                    raise
+                log.warning("%s interrupted (%s); running it again", argv[0], exc)
+                time.sleep(delays.pop(0))
+        if check and not result.ok:
+            raise HostError(f"{' '.join(argv[:2])} ... failed: {result.stderr.strip()}")
+        return result
+
+    def _submit_missing(self) -> None:
+        self._retry_submit_at = None
+        todo = [j for j in self.store.jobs(self.id) if j.job_id is None and not j.done]
+        if not todo:
+            return
+        plan = self.spec.plan
+        for row in todo:
+            if row.state == "SUBMITTING" and claim_is_live(row.claim, self._claim):
+                continue  # another process is submitting it right now
+            if not self.store.claim_job(self.id, row, self._claim):
+                continue  # another process claimed it between our read and now
+            if row.state == "SUBMITTING":  # an earlier process died around sbatch
+                found = self._find_patiently(job_name(self.id, row.idx))
+                if found:
+                    self._adopt(row, found)
+                    continue
+            args = self.store.task_args(self.id, row.task_range)
+            job = self.spec.job(row.idx, list(zip(row.task_range, args, strict=True)), plan)
+            try:
+                job_id = self._sbatch(render_script(job, worker_source()), job.job_name)
+            except SubmitLimitError as exc:
+                # Not a failure: the job waits in the store until the user's queue has room.
+                self.store.update_job(self.id, row.idx, state="NEW")
+                self._retry_submit_at = time.monotonic() + self.poll_policy.submit_limit_retry_s
+                note = f"job {row.idx} and later wait for room in the user's queue: {exc}"
+                if note not in self.warnings:
+                    self.warnings.append(note)
+                log.warning("%s", note)
+                return  # the jobs after it would meet the same limit
+            except SchedulerError as exc:
+                if row.idx == 0:
+                    self.store.update_job(self.id, row.idx, state="NEW")
+                    self.store.set_run_state(self.id, "failed")
+                    raise
+                self._fail_job(row, "submit_failed", str(exc))
+                continue
+            self._adopt(row, job_id)
+
+    def _adopt(self, row: JobRow, job_id: str) -> None:
+        self.store.update_job(self.id, row.idx, job_id=job_id, state="PENDING")
+
+    def _find(self, names: list[str]) -> dict[str, str]:
+        self.calls[self.backend.scheduler.call_names["poll"]] += 1
+        return self.backend.scheduler.find(names)
+
+    def _find_patiently(self, name: str) -> str | None:
+        """The id of a job submitted under `name`; never guesses while SLURM cannot answer."""
+        delays = list(self.poll_policy.submit_retry_s)
+        while True:
+            try:
+                return self._find([name]).get(name)
+            except NOT_TRANSIENT:
+                raise
+            except (TransientSchedulerError, HostError) as exc:
+                if not delays:
+                    raise SchedulerError(
+                        f"cannot tell whether {name} was submitted: {exc}"
+                    ) from exc
+                time.sleep(delays.pop(0))
+
+    def _sbatch(self, script: str, name: str) -> str:
+        """Submit once; after a failure that may have gone through, look before trying again."""
+        delays = list(self.poll_policy.submit_retry_s)
+        while True:
+            try:
+                self.calls[self.backend.scheduler.call_names["submit"]] += 1
+                return self.backend.scheduler.submit(script)
+            except NOT_TRANSIENT:
+                raise
+            except (TransientSchedulerError, HostError) as exc:
+                if not delays:
+                    raise SchedulerError(f"gave up submitting {name}: {exc}") from exc
+                self.warnings.append(f"sbatch: {exc}; retrying")
+                log.warning("sbatch for %s failed (%s); retrying", name, exc)
+                time.sleep(delays.pop(0))
+                try:
+                    found = self._find([name])
+                except (TransientSchedulerError, HostError):
+                    found = {}
+                if name in found:
+                    return found[name]
+
+    def _fail_job(self, row: JobRow, cause: str, message: str) -> None:
+        results = [
+            TaskResult(i, "failed", error=TaskError(cause, message))
+            for i in row.task_range
+            if i not in self._finished
+        ]
+        self._save(results)
+        self.store.update_job(self.id, row.idx, state="FAILED", done=1)
