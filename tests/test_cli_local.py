@@ -6,7 +6,6 @@ import ast
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -14,8 +13,14 @@ from typer.testing import CliRunner
 
 from slurmrunner.cli import app
 from tests.conftest import DOC_SNIPPET_1, DOC_SNIPPET_2, EXAMPLES
+from tests.helpers_cli import isolate_cli_env, slurmrunner
 
 TASK = str(EXAMPLES / "task.py")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    isolate_cli_env(monkeypatch, tmp_path)
 
 
 def cli(*args):
@@ -191,17 +196,7 @@ def test_render_refuses_unsafe_value_naming_key(tmp_path, local_profile_file):
     assert "partition" in flat(result.stderr)
 
 
-# run (the installed command, as a user runs it)
-
-
-def slurmrunner(*args, cwd=None, timeout=120):
-    return subprocess.run(
-        ["slurmrunner", *[str(a) for a in args]],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-    )
+# run (the real command in its own process, through the interpreter running the tests)
 
 
 def read_results(text):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from difflib import get_close_matches
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import (
     BaseModel,
@@ -358,6 +359,35 @@ def merge_resources(config: SlurmRunnerConfig, task: TaskResources | None = None
     )
 
 
+def _model_named(name: str) -> type[BaseModel] | None:
+    """One of our models by class name (a ValidationError names only its root model)."""
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name and cls.__module__.startswith("slurmrunner."):
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+def _keys_at(model: type[BaseModel] | None, path: tuple[Any, ...]) -> list[str]:
+    """The keys the model nested at `path` takes (none if `path` leads out of models)."""
+    for part in path:
+        field = model.model_fields.get(str(part)) if model else None
+        if field is None:
+            return []
+        candidates = (field.annotation, *get_args(field.annotation))
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return list(model.model_fields) if model else []
+
+
+def _unknown_key(root: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
+    close = get_close_matches(str(loc[-1]), _keys_at(root, loc[:-1]), n=1) if loc else []
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming its key path, e.g. `default_slurm_config.mem: ...`."""
     lines = []
@@ -366,7 +396,7 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
         where = ".".join(p for p in (prefix, loc) if p) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key(_model_named(exc.title), tuple(err["loc"]))
         lines.append(f"{where}: {msg}")
     return "\n".join(lines)
 

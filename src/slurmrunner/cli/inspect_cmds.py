@@ -1,0 +1,156 @@
+"""Commands that look at runs without changing their course: status, results, logs, runs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import HostError, SlurmRunnerError
+from ..runner import Run
+from .inputs import attach, check_results_path, open_store
+from .options import JsonOpt, ResultsOpt, RunArg, StoreOpt
+from .output import fail, say, status_dict, summary, write_json, write_results
+
+LOG_LIMIT_BYTES = 1024 * 1024
+
+
+def status(run_id: RunArg, json_out: JsonOpt = False, store: StoreOpt = None) -> None:
+    """Look at the run once (results so far, the scheduler) and print its counts."""
+    attached = attach(run_id, store)
+    try:
+        st = attached.poll()
+    except SlurmRunnerError as exc:
+        fail(str(exc))
+    state = attached.store.run(attached.id).state
+    if json_out:
+        write_json(status_dict(attached, st, state))
+    else:
+        summary(attached, st, state=state)
+
+
+def results(
+    run_id: RunArg,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Only the tasks that failed or were cancelled.")
+    ] = False,
+    results: ResultsOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Print the results stored so far (JSON lines, input order)."""
+    check_results_path(results)
+    attached = attach(run_id, store)
+    found = attached.results()
+    if failed:
+        found = [r for r in found if r.status != "ok"]
+    write_results(found, results, attached.id)
+
+
+def _read_log(run: Run, path: str, limit: int | None) -> tuple[bytes, int] | None:
+    """The log's last `limit` bytes (all if None) and its whole size; None if there is none.
+
+    A local run's log is read here, in place; a cluster run's through the run's backend, as
+    its user (`cat`: the only reader the sudo rule allows)."""
+    if run.spec.profile.backend == "local":
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - limit) if limit else 0)
+                return fh.read(), size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror}", 1)
+    try:
+        got = run.backend.user_host.run(["cat", path])
+    except HostError as exc:
+        fail(f"cannot read {path}: {exc}", 1)
+    if not got.ok:
+        if "No such file" in got.stderr:
+            return None
+        fail(f"cannot read {path}: {got.stderr.strip()}", 1)
+    data = got.stdout.encode()
+    return (data[-limit:] if limit else data), len(data)
+
+
+def logs(
+    run_id: RunArg,
+    index: Annotated[
+        int, typer.Argument(metavar="INDEX", help="The task's index: 0 for the first input.")
+    ],
+    tail: Annotated[
+        int | None, typer.Option("--tail", "-n", min=1, help="Only the last N lines.")
+    ] = None,
+    whole: Annotated[
+        bool, typer.Option("--all", help="The whole log, not only its last 1 MB.")
+    ] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Print a task's log (its standard output and error)."""
+    attached = attach(run_id, store)
+    if not 0 <= index < attached.n_tasks:
+        fail(f"run {attached.id} has tasks 0 to {attached.n_tasks - 1}, not {index}")
+    found = attached.store.results(attached.id).get(index)
+    path = found.log if found and found.log else f"{attached.run_dir}/logs/{index}.log"
+    got = _read_log(attached, path, None if whole else LOG_LIMIT_BYTES)
+    if got is None:
+        fail(f"task {index} has no log (yet): {path}", 1)
+    data, size = got
+    if tail is not None:
+        data = b"".join(data.splitlines(keepends=True)[-tail:])
+    elif len(data) < size:
+        say(f"(the last {len(data)} of {size} bytes of {path}; --all for the whole log)")
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _run_rows(limit: int, store: Path | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": row.id,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.created)),
+            "state": row.state,
+            "n_tasks": row.n_tasks,
+            "backend": row.spec.get("profile", {}).get("backend", "local"),
+            "user": row.spec.get("profile", {}).get("username"),
+        }
+        for row in open_store(store).runs(limit)
+    ]
+
+
+def runs(
+    json_out: JsonOpt = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many runs.")] = 50,
+    store: StoreOpt = None,
+) -> None:
+    """List the runs in the store, newest first (full ids)."""
+    rows = _run_rows(limit, store)
+    if json_out:
+        write_json(rows)
+        return
+    if not sys.stdout.isatty():  # for grep, cut and awk: one run per line, nothing cut short
+        for r in rows:
+            typer.echo(
+                f"{r['id']}  {r['created']}  {r['state']:<10}  {r['n_tasks']:>7}  "
+                f"{r['backend']:<10}  {r['user'] or '-'}"
+            )
+        return
+    Console().print(runs_table(rows))
+
+
+def runs_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table()
+    width = max((len(r["id"]) for r in rows), default=3)
+    table.add_column("run", no_wrap=True, min_width=width)  # an id is never cut short
+    for name in ("created", "state", "tasks", "backend", "user"):
+        table.add_column(name, justify="right" if name == "tasks" else "left")
+    for r in rows:
+        table.add_row(
+            r["id"], r["created"], r["state"], str(r["n_tasks"]), r["backend"], r["user"] or "-"
+        )
+    return table

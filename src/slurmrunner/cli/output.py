@@ -1,0 +1,154 @@
+"""What the CLI prints: errors, results, the run summary and progress lines.
+
+Results (JSON lines) go to standard output; everything for a person goes to standard error.
+Text that comes from a task or a file goes through `escape`: a log may hold `[/oops]`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..results import TaskResult
+from ..runner import Run, RunStatus
+from .signals import quiet_dead_streams
+
+
+class _PersonConsole(Console):
+    """Standard error, for a person. When nobody reads it any more (a closed terminal,
+    `2>&1 | head`), printing stops and the work goes on: rich's default would exit(1) on the
+    spot, leaving a run's jobs behind uncancelled."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        quiet_dead_streams()
+
+
+err = _PersonConsole(stderr=True)
+if not err.is_terminal:  # a log or a pipe: one line per row, for whoever greps it
+    err = _PersonConsole(stderr=True, width=200)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def say(markup: str) -> None:
+    try:
+        err.print(markup, highlight=False, soft_wrap=True)
+    except OSError:  # e.g. EIO: the terminal is gone; see _PersonConsole
+        err.quiet = True
+        quiet_dead_streams()
+
+
+def write_results(results: list[TaskResult], path: Path | None, run_id: str) -> None:
+    lines = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
+    if path is not None:
+        try:
+            path.write_text(lines)
+        except OSError as exc:
+            fail(
+                f"cannot write {path}: {exc.strerror}; the results are kept: "
+                f"slurmrunner results {run_id} -o FILE"
+            )
+        return
+    try:
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` has read what it wanted: not an error
+        quiet_dead_streams()
+
+
+def write_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def plan_line(run: Run) -> str:
+    plan = run.spec.plan
+    jobs = f"{plan.num_jobs} job" + ("s" if plan.num_jobs != 1 else "")
+    line = f"run {run.id}: {run.n_tasks} tasks in {jobs}, {plan.parallel_tasks_per_job} at a time"
+    if plan.fitted_from:
+        line += f" ({plan.fitted_from} planned, but only {plan.num_jobs} fit side by side)"
+    return line
+
+
+def progress_line(st: RunStatus) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(st.counts.items()))
+    jobs = ", ".join(f"{k} {v}" for k, v in sorted(st.jobs.items()))
+    done = f"{st.finished}/{st.n_tasks} finished ({counts or 'none yet'})"
+    return f"run {st.run_id}: {done}; jobs: {jobs}"
+
+
+def print_new_warnings(st: RunStatus, said: set[str]) -> None:
+    """Each warning once, as it comes (above the progress bar when there is one)."""
+    for warning in st.warnings:
+        if warning not in said:
+            said.add(warning)
+            say(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def failure_causes(results: list[TaskResult]) -> Counter[str]:
+    return Counter(r.error.cause for r in results if r.error and r.status == "failed")
+
+
+def summary(
+    run: Run, status: RunStatus, elapsed: float | None = None, state: str | None = None
+) -> None:
+    results = run.results()
+    causes = failure_causes(results)
+    table = Table(title=f"run {run.id}", show_header=False, title_justify="left")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # a path is folded, never cut short
+    if state:
+        table.add_row("state", state)
+    table.add_row("tasks", f"{status.n_tasks}")
+    for key in ("ok", "failed", "cancelled"):
+        if status.counts.get(key):
+            table.add_row(key, str(status.counts[key]))
+    if causes:
+        # Counted with a times sign: "exit_code: 2" would read like an exit status.
+        counted = (f"{c} \N{MULTIPLICATION SIGN}{n}" for c, n in causes.most_common())
+        table.add_row("failure causes", ", ".join(counted))
+    pending = status.n_tasks - status.finished
+    if pending:
+        table.add_row("unfinished", str(pending))
+    table.add_row("jobs", ", ".join(f"{s}: {n}" for s, n in sorted(status.jobs.items())))
+    calls = ", ".join(f"{name}: {n}" for name, n in sorted(status.calls.items()))
+    table.add_row("calls", calls or "none")
+    if status.warnings:
+        table.add_row("warnings", f"{len(set(status.warnings))} (printed as they came)")
+    if elapsed is not None:
+        table.add_row("wall", f"{elapsed:.1f} s")
+    table.add_row("run folder", escape(run.run_dir))
+    err.print(table)
+    failed, cancelled = status.counts.get("failed", 0), status.counts.get("cancelled", 0)
+    if failed or cancelled:
+        what = ", ".join(
+            f"{n} {word}" for n, word in ((failed, "failed"), (cancelled, "cancelled")) if n
+        )
+        say(f"[red]{what}[/] — `slurmrunner results {run.id} --failed`")
+
+
+def status_dict(run: Run, st: RunStatus, state: str) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "state": state,
+        "n_tasks": st.n_tasks,
+        "finished": st.finished,
+        "done": st.done,
+        "counts": dict(st.counts),
+        "failure_causes": dict(failure_causes(run.results())),
+        "jobs": dict(st.jobs),
+        "calls": dict(st.calls),
+        "warnings": sorted(set(st.warnings)),
+        "run_dir": run.run_dir,
+    }
