@@ -33,6 +33,7 @@ def env(tmp_path):
     values = dict(os.environ)
     values["SLURMRUNNER_STORE"] = str(tmp_path / "state" / "runs.sqlite")
     values["SLURMRUNNER_LOCAL_QUEUE"] = str(tmp_path / "state" / "local-queue.sqlite")
+    values["SLURMRUNNER_TEST_CWD"] = str(tmp_path)  # where the commands run: runs go below
     values["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")  # no default files of the machine's user
     for key in ("SLURMRUNNER_CONFIG", "SLURMRUNNER_PROFILE"):
         values.pop(key, None)
@@ -45,30 +46,44 @@ def command(*args):
 
 def cli(env, *args, cwd=None, timeout=120):
     return subprocess.run(
-        command(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+        command(*args),
+        env=env,
+        cwd=cwd or env["SLURMRUNNER_TEST_CWD"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 class Background:
-    """A CLI process whose stderr is collected as it comes."""
+    """A CLI process whose stdout and stderr are collected as they come (two threads: neither
+    pipe ever fills, and nothing is read twice)."""
 
     def __init__(self, env, *args, cwd=None):
         self.proc = subprocess.Popen(
             command(*args),
             env=env,
-            cwd=cwd,
+            cwd=cwd or env["SLURMRUNNER_TEST_CWD"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A suite started in the background passes SIGINT down ignored; the CLI keeps
+            # an ignored signal ignored, so give it the defaults a terminal would.
+            preexec_fn=_default_signals,
         )
         self.err: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.out: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self):
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.err.append(line)
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.append(line)
 
     def run_id(self, timeout=30.0) -> str:
         def found():
@@ -81,9 +96,15 @@ class Background:
         return str(found())
 
     def finish(self, timeout=120):
-        out, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(timeout=5)
-        return self.proc.returncode, out, "".join(self.err)
+        self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return self.proc.returncode, "".join(self.out), "".join(self.err)
+
+
+def _default_signals():
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def wait_until(condition, timeout, message="condition not met"):

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from slurmrunner.local_jobs import job_directives
-from slurmrunner.local_queue import _read_quota, process_alive, row_id, start_ticks
+from slurmrunner.local_queue import _read_quota, parse_job_id, process_alive, start_ticks
 
 
 def test_cgroup_v2_quota_rounds_up_to_whole_cpus(tmp_path):
@@ -38,8 +38,9 @@ def test_a_reused_pid_is_not_the_same_process():
 
 
 def test_job_ids_and_directives_are_parsed_strictly():
-    assert row_id("local-12") == 12
-    assert row_id("local-") is None and row_id("12") is None and row_id("local-1x") is None
+    assert parse_job_id("local-ab12cd34-12") == ("ab12cd34", 12)
+    for bad in ("local-12", "local-", "12", "local-ab-1x", "local--3"):
+        assert parse_job_id(bad) is None, bad
     script = (
         "#!/bin/bash\n#SBATCH --job-name=sr-x-0\n#SBATCH --cpus-per-task=2\n"
         "#SBATCH --output='/home/a/My Project é/jobs/0.out'\n#SBATCH --chdir=/home/a\n"

@@ -14,6 +14,7 @@ from .hosts.local import LocalHost
 from .hosts.sudo import SudoHost
 from .jobstate import Scheduler
 from .local_jobs import LocalScheduler
+from .local_queue import default_queue_path
 from .profiles import Profile
 from .slurm import SharedSqueue, SlurmScheduler
 
@@ -40,9 +41,9 @@ def _shared_squeue(key: str, host: Host) -> SharedSqueue:
     return _queries[key]
 
 
-def _build(profile: Profile) -> Backend:
+def _build(profile: Profile, local_queue: str | None) -> Backend:
     if profile.backend == "local":
-        return Backend(LocalHost(), LocalScheduler())
+        return Backend(LocalHost(), LocalScheduler(local_queue))
     if profile.backend == "slurm_sudo":
         assert profile.username is not None
         sudo = SudoHost(profile.username)
@@ -56,9 +57,13 @@ def _build(profile: Profile) -> Backend:
     return Backend(ssh, SlurmScheduler(submit_host=ssh, query=query))
 
 
-def backend_for(profile: Profile) -> Backend:
-    key = profile.model_dump_json()
+def backend_for(profile: Profile, local_queue: str | None = None) -> Backend:
+    """The shared backend of `profile`; for the local backend, of that queue file (default:
+    local_queue.default_queue_path(), the one all of this user's runs share)."""
+    if profile.backend == "local":
+        local_queue = str(local_queue or default_queue_path())
+    key = f"{profile.model_dump_json()}|{local_queue}"
     with _lock:
         if key not in _cache:
-            _cache[key] = _build(profile)
+            _cache[key] = _build(profile, local_queue)
         return _cache[key]

@@ -12,35 +12,40 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from .batching import PartitionShape
-from .errors import SchedulerError
+from .errors import SchedulerError, TransientSchedulerError
 from .jobstate import GONE, JobState
 from .local_queue import (
     Queue,
     cpu_capacity,
     default_queue_path,
     job_id_text,
+    parse_job_id,
     process_alive,
-    row_id,
 )
-from .local_supervisor import CANCEL_GRACE_S, supervisor_running, wake_supervisor
+from .local_supervisor import CANCEL_GRACE_S, take_lock, wake_supervisor
 
 _DIRECTIVE_RE = re.compile(
     r"^#SBATCH\s+--(cpus-per-task|output|chdir|job-name)=(.+?)\s*$", re.MULTILINE
 )
 _SUPERVISOR_MAIN = (
-    "import sys; from slurmrunner.local_supervisor import run; sys.exit(run(sys.argv[1]))"
+    "import sys; from slurmrunner.local_supervisor import run; "
+    "sys.exit(run(sys.argv[1], int(sys.argv[2])))"
 )
+log = logging.getLogger("slurmrunner")
 # What a job started by a server on another user's behalf gets instead of the server's own.
 _MINIMAL_ENV_KEYS = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")
 
@@ -87,7 +92,6 @@ class LocalScheduler:
         # keeps working); a server acting for someone else passes inherit_env=False.
         self.inherit_env = inherit_env
         self.max_cpus = max_cpus or cpu_capacity()
-        self._spawned: subprocess.Popen[bytes] | None = None
 
     def submit(self, script: str) -> str:
         opts = job_directives(script)
@@ -96,60 +100,79 @@ class LocalScheduler:
         except ValueError:
             raise SchedulerError("#SBATCH --cpus-per-task: not a number") from None
         env = dict(os.environ) if self.inherit_env else minimal_env()
-        with self.queue.write() as db:
+        with _transient("submit"), self.queue.write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (name, script, cpus, output, chdir, env, state, submitted) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?)",
                 (
                     opts.get("job-name", ""),
                     script,
-                    min(cpus, self.max_cpus),
+                    cpus,
                     opts.get("output"),
-                    opts.get("chdir"),
+                    opts.get("chdir") or os.getcwd(),  # as sbatch: the submitter's folder
                     json.dumps(env),
                     time.time(),
                 ),
             )
             new_id = int(cur.lastrowid or 0)
-            # Checked inside the write lock: a supervisor about to leave either sees this job
-            # or has let go of its lock, never neither (see local_supervisor.run).
-            running = supervisor_running(self.queue)
-        self._ensure_supervisor(running)
-        return job_id_text(new_id)
+            # Inside the write lock: a supervisor about to leave either sees this job or has
+            # let go of its lock, never neither (see local_supervisor.run).
+            lock = take_lock(self.queue)
+        self._supervise(lock)
+        return job_id_text(self.queue.queue_id, new_id)
 
-    def _ensure_supervisor(self, running: bool | None = None) -> None:
-        if running is None:
-            running = supervisor_running(self.queue)
-        # One this process started may not hold its lock yet: do not start another beside it.
-        if running or (self._spawned is not None and self._spawned.poll() is None):
+    def _supervise(self, lock: int | None) -> None:
+        """Start a supervisor with the lock we took, or nudge the one that holds it."""
+        if lock is None:
             wake_supervisor(self.queue)
             return
-        log = open(self.queue.path.with_name(self.queue.path.name + ".supervisor.log"), "ab")  # noqa: SIM115
+        log_fd = os.open(
+            self.queue.path.with_name(self.queue.path.name + ".supervisor.log"),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+            0o600,
+        )
         try:
-            self._spawned = subprocess.Popen(
-                [sys.executable, "-c", _SUPERVISOR_MAIN, str(self.queue.path)],
+            subprocess.Popen(
+                [sys.executable, "-c", _SUPERVISOR_MAIN, str(self.queue.path), str(lock)],
+                pass_fds=(lock,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=log,
+                stderr=log_fd,
                 start_new_session=True,  # no terminal, no SIGHUP, not in the caller's group
-                close_fds=True,
             )
         except OSError as exc:
-            raise SchedulerError(f"cannot start the local job supervisor: {exc}") from exc
+            # The job is queued all the same; the next poll starts a supervisor again.
+            log.warning("cannot start the local job supervisor: %s; will retry", exc)
         finally:
-            log.close()
+            os.close(log_fd)
+            os.close(lock)  # the child holds the lock now (or nobody does, and poll retries)
 
     def partition_shape(self, partition: str | None) -> PartitionShape | None:
         # This machine is the only node, whatever partition the config names.
         return PartitionShape(((self.max_cpus, None, 1),))
 
+    def _row_ids(self, job_ids: list[str]) -> dict[str, int]:
+        """Row ids of this queue's jobs; an id of another queue is not GONE, only unknown here."""
+        rows: dict[str, int] = {}
+        for job_id in job_ids:
+            parsed = parse_job_id(job_id)
+            if parsed is None:
+                continue
+            if parsed[0] != self.queue.queue_id:
+                raise TransientSchedulerError(
+                    f"job {job_id} belongs to another local queue than {self.queue.path}"
+                )
+            rows[job_id] = parsed[1]
+        return rows
+
     def poll(self, job_ids: list[str]) -> dict[str, JobState]:
-        wanted = {job_id: row_id(job_id) for job_id in job_ids}
-        rows = self.queue.by_ids([i for i in wanted.values() if i is not None])
+        wanted = self._row_ids(job_ids)
+        with _transient("poll"):
+            rows = self.queue.by_ids(list(wanted.values()))
         states: dict[str, JobState] = {}
         unattended = False
-        for job_id, rid in wanted.items():
-            row = rows.get(rid) if rid is not None else None
+        for job_id in job_ids:
+            row = rows.get(wanted.get(job_id, -1))
             if row is None:
                 states[job_id] = GONE
                 continue
@@ -157,25 +180,28 @@ class LocalScheduler:
             # (killed, machine rebooted), start one rather than guess an outcome here.
             unattended |= row.state == "PENDING" or (row.live and row.state == "RUNNING")
             states[job_id] = JobState(row.state, row.reason)
-        if unattended and not supervisor_running(self.queue):
-            self._ensure_supervisor(False)
+        if unattended:
+            lock = take_lock(self.queue)
+            if lock is not None:
+                self._supervise(lock)
         return states
 
     def find(self, job_names: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for name in job_names:
-            rows = self.queue.rows("name = ?", (name,))
-            if rows:
-                found[name] = rows[-1].job_id
+        with _transient("find"):
+            for name in job_names:
+                rows = self.queue.rows("name = ?", (name,))
+                if rows:
+                    found[name] = job_id_text(self.queue.queue_id, rows[-1].id)
         return found
 
     def cancel(self, job_ids: list[str]) -> None:
-        ids = [i for i in (row_id(j) for j in job_ids) if i is not None]
-        to_stop: list[tuple[int, int | None]] = []
+        ids = list(self._row_ids(job_ids).values())
         if not ids:
             return
+        to_stop: list[tuple[int, int | None]] = []
         marks = ",".join("?" * len(ids))
-        with self.queue.write() as db:
+        with _transient("cancel"), self.queue.write() as db:
             rows = db.execute(
                 "SELECT id, state, pid, start_ticks, started, ended FROM jobs "
                 f"WHERE id IN ({marks})",
@@ -200,4 +226,13 @@ class LocalScheduler:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGTERM)
         if to_stop:
-            self._ensure_supervisor()
+            self._supervise(take_lock(self.queue))
+
+
+@contextlib.contextmanager
+def _transient(action: str) -> Iterator[None]:
+    """A queue file busy past SQLite's timeout is a scheduler that did not answer this time."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise TransientSchedulerError(f"local queue: {action} failed: {exc}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     ended REAL,
     kill_at REAL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (ended, state);
 """
@@ -53,15 +55,18 @@ def default_queue_path() -> Path:
     return default_store_path().parent / "local-queue.sqlite"
 
 
-def job_id_text(row_id: int) -> str:
-    return f"{JOB_ID_PREFIX}{row_id}"
+def job_id_text(queue_id: str, row_id: int) -> str:
+    return f"{JOB_ID_PREFIX}{queue_id}-{row_id}"
 
 
-def row_id(job_id: str) -> int | None:
+def parse_job_id(job_id: str) -> tuple[str, int] | None:
+    """(queue id, row id) of `local-<queue id>-<n>`: an id only means something in its queue."""
     if not job_id.startswith(JOB_ID_PREFIX):
         return None
-    digits = job_id[len(JOB_ID_PREFIX) :]
-    return int(digits) if digits.isdigit() and len(digits) < 19 else None
+    queue_id, _, digits = job_id[len(JOB_ID_PREFIX) :].rpartition("-")
+    if not queue_id or not digits.isdigit() or len(digits) > 18:
+        return None
+    return queue_id, int(digits)
 
 
 def start_ticks(pid: int) -> int | None:
@@ -176,10 +181,6 @@ class QueuedJob:
     kill_at: float | None
 
     @property
-    def job_id(self) -> str:
-        return job_id_text(self.id)
-
-    @property
     def live(self) -> bool:
         """Started and not yet seen to end: it holds its CPUs."""
         return self.started is not None and self.ended is None
@@ -207,6 +208,12 @@ class Queue:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('queue_id', ?)", (secrets.token_hex(4),)
+            )
+            self.queue_id = str(
+                self._db.execute("SELECT value FROM meta WHERE key = 'queue_id'").fetchone()[0]
+            )
 
     @property
     def lock_path(self) -> Path:

@@ -21,24 +21,35 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
 
-from .local_queue import Queue, QueuedJob, cpu_capacity, process_alive, start_ticks
+from .local_queue import (
+    Queue,
+    QueuedJob,
+    cpu_capacity,
+    job_id_text,
+    process_alive,
+    start_ticks,
+)
 
 CANCEL_GRACE_S = 8.0  # after SIGTERM, a cancelled job has this long before SIGKILL
 LINGER_S = 2.0  # an idle supervisor waits this long for more work before leaving
 _WATCH_S = 0.5  # poll interval while jobs it did not start, or kills, need watching
 
 
-def supervisor_running(queue: Queue) -> bool:
-    """Whether some process holds the queue's supervisor lock."""
-    with open(queue.lock_path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
+def take_lock(queue: Queue) -> int | None:
+    """The supervisor lock as an open descriptor, or None when a supervisor holds it.
+
+    Whoever takes it starts the supervisor and hands the descriptor over (a flock belongs to
+    the open file, which the child shares): there is never a moment when a supervisor is on
+    its way but the lock looks free, so no second one is started beside it.
+    """
+    fd = os.open(queue.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _wake_path(queue: Queue) -> Path:
@@ -109,10 +120,16 @@ class Supervisor:
             with self.queue.write() as db:
                 db.execute("UPDATE jobs SET kill_at = NULL WHERE id = ?", (job.id,))
 
+    def _need(self, job: QueuedJob) -> int:
+        # Asked for more than this machine has (or was submitted from a process with more
+        # CPUs in its affinity): it runs alone rather than never.
+        return min(job.cpus, self.capacity)
+
     def _start_pending(self) -> None:
-        used = sum(j.cpus for j in self.queue.rows("ended IS NULL AND started IS NOT NULL"))
+        live = self.queue.rows("ended IS NULL AND started IS NOT NULL")
+        used = sum(self._need(j) for j in live)
         for job in self.queue.rows("state = 'PENDING' AND started IS NULL"):
-            if job.cpus > self.capacity - used:
+            if self._need(job) > self.capacity - used:
                 continue  # a smaller job behind it may still fit
             with self.queue.write() as db:
                 claimed = db.execute(
@@ -121,24 +138,27 @@ class Supervisor:
                     (time.time(), job.id),
                 ).rowcount
             if claimed:
-                used += job.cpus
+                used += self._need(job)
                 self._spawn(job)
 
     def _spawn(self, job: QueuedJob) -> None:
         script, env_json = self.queue.script_and_env(job.id)
         env = {str(k): str(v) for k, v in json.loads(env_json).items()}
-        env["SLURMRUNNER_LOCAL_JOB_ID"] = job.job_id
+        env["SLURMRUNNER_LOCAL_JOB_ID"] = job_id_text(self.queue.queue_id, job.id)
         env["SLURMRUNNER_JOB_NAME"] = job.name
-        out: IO[bytes] | int = subprocess.DEVNULL
+        out = subprocess.DEVNULL
         try:
-            with tempfile.TemporaryFile() as stdin:  # the script, without a file name
-                stdin.write(script.encode())
-                stdin.seek(0)
-                if job.output:
-                    out = open(job.output, "ab")  # noqa: SIM115
+            # The script as a file bash reads by itself (as slurmd runs it), not on standard
+            # input, where the first command that reads stdin would swallow the rest of it.
+            with tempfile.TemporaryFile() as held:
+                held.write(script.encode())
+                held.flush()
+                if job.output:  # private to the user, as every file of the run
+                    out = os.open(job.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 proc = subprocess.Popen(
-                    ["bash", "-s"],
-                    stdin=stdin,
+                    ["bash", f"/dev/fd/{held.fileno()}"],
+                    pass_fds=(held.fileno(),),
+                    stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=job.chdir,
@@ -151,12 +171,13 @@ class Supervisor:
             self._end(job.id, None, f"cannot start: {exc}")
             return
         finally:
-            if not isinstance(out, int):
-                out.close()
+            if out != subprocess.DEVNULL:
+                os.close(out)
         self.children[job.id] = proc
         with self.queue.write() as db:
+            # The script and environment (which may hold secrets) are not kept once started.
             db.execute(
-                "UPDATE jobs SET pid = ?, start_ticks = ? WHERE id = ?",
+                "UPDATE jobs SET pid = ?, start_ticks = ?, script = '', env = '{}' WHERE id = ?",
                 (proc.pid, start_ticks(proc.pid), job.id),
             )
             state = db.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
@@ -185,15 +206,11 @@ def _open_wake_fifo(queue: Queue) -> int:
     return os.open(path, os.O_RDWR | os.O_NONBLOCK)
 
 
-def run(queue_path: str) -> int:
+def run(queue_path: str, lock_fd: int) -> int:
+    """Supervise until idle; `lock_fd` is the supervisor lock, taken by whoever started us."""
+    os.chdir("/")  # hold no folder of anyone's; every job names its own
     queue = Queue(queue_path)
-    lock = open(queue.lock_path, "a")  # noqa: SIM115
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        waited = False
-    except BlockingIOError:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # wait for a supervisor that is leaving
-        waited = True  # started beside another: leave at once if it left nothing to do
+    lock = os.fdopen(lock_fd, "rb")
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)
     os.set_blocking(sig_w, False)
@@ -205,14 +222,13 @@ def run(queue_path: str) -> int:
     while True:
         busy = supervisor.tick()
         if busy:
-            waited = False
             idle_since = None
         elif idle_since is None:
-            idle_since = time.monotonic() - (LINGER_S if waited else 0.0)
+            idle_since = time.monotonic()
         elif time.monotonic() - idle_since >= LINGER_S:
             with queue.write() as db:
                 # Leave only if no job came meanwhile; the lock is let go inside the same write
-                # transaction a submitter uses to look for a supervisor (local_jobs.submit).
+                # transaction in which a submitter tries to take it (local_jobs.submit).
                 waiting = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE ended IS NULL AND "
                     "(started IS NOT NULL OR state = 'PENDING')"

@@ -85,7 +85,7 @@ class Run(Submission):
         self.store = store
         self.spec = spec
         self.poll_policy = poll
-        self.backend: Backend = backend_for(spec.profile)
+        self.backend: Backend = backend_for(spec.profile, spec.local_queue)
         self.calls: Counter[str] = Counter()
         self.warnings: list[str] = []
         self._watch: dict[int, _JobWatch] = {}

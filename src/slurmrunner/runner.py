@@ -120,6 +120,9 @@ class Runner:
         )
         tasks = list(enumerate(inputs))
         backend = backend_for(self.profile)
+        if self.profile.backend == "local":
+            queue = getattr(backend.scheduler, "queue", None)
+            spec = replace(spec, local_queue=str(queue.path) if queue else None)
         connections_before = backend.connections_opened()
         fitted, asked = self._fit_to_partition(spec, backend)
         try:

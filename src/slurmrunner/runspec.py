@@ -69,6 +69,9 @@ class RunSpec:
     workdir: str | None
     n_tasks: int = 0
     partition: PartitionShape | None = None  # as seen at submission: the plan depends on it
+    # The local backend's queue file the jobs went to: a process that reattaches looks there,
+    # whatever its own environment says.
+    local_queue: str | None = None
 
     @classmethod
     def new(
@@ -150,6 +153,7 @@ class RunSpec:
             "workdir": self.workdir,
             "n_tasks": self.n_tasks,
             "partition": self.partition.to_dict() if self.partition else None,
+            "local_queue": self.local_queue,
         }
 
     @classmethod
@@ -164,4 +168,5 @@ class RunSpec:
             d["workdir"],
             d["n_tasks"],
             PartitionShape.from_dict(d["partition"]) if d.get("partition") else None,
+            d.get("local_queue"),
         )
