@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from slurmrunner import (
     PollPolicy,
     Profile,
@@ -17,7 +19,7 @@ from slurmrunner import (
     script,
 )
 from slurmrunner.backends import backend_for
-from slurmrunner.errors import HostError, SubmitLimitError
+from slurmrunner.errors import ConfigError, HostError, SubmitLimitError, TaskFailedError
 from slurmrunner.runner import Run
 from slurmrunner.store import claim_is_live, new_claim
 
@@ -233,3 +235,37 @@ def test_a_full_user_queue_delays_jobs_and_loses_nothing(tmp_path, monkeypatch):
     assert max(queued_at_once) >= 1  # the limit was met...
     assert run.status().calls["local_submit"] > 4  # ... and waited out, not failed
     assert any("room in the user's queue" in w for w in run.warnings)
+
+
+def test_api_takes_a_generator_and_plain_dict_resources(tmp_path):
+    inputs = ({"x": i} for i in range(5))  # read once, however long
+    results = runner(tmp_path).run([sys.executable, TASK], inputs, {"tasks_per_job": 2})
+    assert [r.result["square"] for r in results] == [0, 1, 4, 9, 16]
+    assert all(r.ok for r in results)
+    assert len({r.job_id for r in results}) == 3
+
+
+def test_as_completed_yields_each_result_once(tmp_path):
+    run = runner(tmp_path).submit([sys.executable, TASK], [{"x": i} for i in range(6)])
+    seen = [r.index for r in run.as_completed(timeout=60)]
+    assert sorted(seen) == list(range(6))
+    again = Runner.attach(run.id, run.store)
+    assert sorted(r.index for r in again.as_completed(timeout=5)) == list(range(6))
+
+
+def test_raise_on_failure_carries_every_result(tmp_path):
+    inputs = [{"x": 1}, {"x": 2, "fail": 4}, {"x": 3}]
+    with pytest.raises(TaskFailedError) as caught:
+        runner(tmp_path).run([sys.executable, TASK], inputs, raise_on_failure=True)
+    assert [r.index for r in caught.value.failed] == [1]
+    assert [r.ok for r in caught.value.results] == [True, False, True]
+    assert "task 1" in str(caught.value) and "exit_code" in str(caught.value)
+
+
+def test_bad_inputs_are_refused_before_anything_is_stored(tmp_path):
+    r = runner(tmp_path)
+    with pytest.raises(ConfigError, match=r"inputs\[1\]"):
+        r.submit([sys.executable, TASK], [{"x": 1}, {"x": object()}])
+    with pytest.raises(ConfigError, match="command"):
+        r.submit("python3 task.py", [{"x": 1}])
+    assert r.store.runs() == []
