@@ -76,7 +76,17 @@ stop_daemon() {
     if pid_alive "$pid"; then
         log "$name: pid $pid still alive after ${timeout}s, sending KILL"
         kill -KILL "$pid" 2>/dev/null || true
-        sleep 0.2
+        for ((i = 0; i < 100; i++)); do   # up to 10 s: gone, not "probably gone"
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+        pid_alive "$pid" && die "$name: pid $pid survived KILL for 10 s"
     fi
     rm -f "$file"
+}
+
+# True once something at HOST:PORT accepts a TCP connection and greets with an SSH banner.
+ssh_banner_ok() {
+    timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2" && head -c 4 <&3' _ "$1" "$2" 2>/dev/null \
+        | grep -qx 'SSH-'
 }

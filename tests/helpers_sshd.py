@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -74,8 +75,9 @@ class SSHRig:
     def problem(self) -> str | None:
         """Why the rig's sshd cannot be used now, or None."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=3) as sock:
-                sock.settimeout(3)
+            # Generous: only a dead sshd takes this long, a busy machine answers sooner.
+            with socket.create_connection((self.host, self.port), timeout=10) as sock:
+                sock.settimeout(10)
                 banner = sock.recv(64)
         except OSError as exc:
             return f"no sshd at {self.host}:{self.port} ({exc})"
@@ -114,6 +116,8 @@ def require_rig() -> SSHRig:
         )
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but {message}")
+        if os.environ.get("SLURMRUNNER_RIG") == "1":
+            pytest.fail(f"scripts/test brought the rig up (SLURMRUNNER_RIG=1) but {message}")
         pytest.skip(message)
     return rig
 
@@ -169,6 +173,125 @@ def server_process_of(client_port: int, server_port: int, listener: int | None) 
     return pid
 
 
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+    return inodes
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
+    found, todo = {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def client_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of the established TCP connections to `server_port` held by process `pid`
+    or its descendants (read from /proc: no `ss`, no parsing of its columns)."""
+    mine: set[str] = set()
+    for each in _descendants(pid):
+        mine |= _socket_inodes(each)
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                remote_port = int(remote.rsplit(":", 1)[1], 16)
+                if state == "01" and inode in mine and remote_port == server_port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+@dataclass(frozen=True)
+class SshdConnection:
+    """The rig's processes serving one client connection, once the user has a session: the
+    per-connection monitor (`sshd: USER [priv]`, a child of the listener) and its unprivileged
+    child that holds the socket and runs the user's commands (`sshd: USER@notty`, a title sshd
+    sets only when the first session channel opens, i.e. after authentication)."""
+
+    client_port: int
+    monitor: int
+    session: int
+    title: str
+
+
+def sshd_connection(client_port: int, server_port: int, listener: int) -> SshdConnection | None:
+    """The connection from `client_port` if it is authenticated and has run a command, else
+    None (not yet there, still in its handshake, or already gone). Never raises on a race."""
+    try:
+        inodes = {f"socket:[{inode}]" for inode in _sockets(server_port, client_port)}
+        if not inodes:
+            return None
+        holders: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                for fd in (entry / "fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        if os.readlink(fd) in inodes:
+                            holders.add(int(entry.name))
+                            break
+        monitors = [pid for pid in holders if _parent(pid) == listener]
+        if len(monitors) != 1:
+            return None
+        monitor = monitors[0]
+        sessions = [pid for pid in holders if _parent(pid) == monitor]
+        if len(sessions) != 1:
+            return None
+        title = _cmdline(sessions[0])
+        if not re.fullmatch(r"sshd: \S+@notty", title):
+            return None
+        return SshdConnection(client_port, monitor, sessions[0], title)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def signal_session(conn: SshdConnection, sig: int) -> bool:
+    """Send `sig` to the connection's session process, and to nothing else: the process is
+    pinned with a pidfd, then checked to still be that connection's child of that monitor
+    with that title, so a pid that ended and was reused in between is never signalled.
+    False if the process is gone (the connection ended by itself)."""
+    try:
+        pidfd = os.pidfd_open(conn.session)
+    except ProcessLookupError:
+        return False
+    try:
+        try:
+            same = _parent(conn.session) == conn.monitor and _cmdline(conn.session) == conn.title
+        except (OSError, ValueError, IndexError):
+            same = False
+        if not same:
+            return False
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+    finally:
+        os.close(pidfd)
+
+
 def wait_until(predicate, timeout: float, step: float = 0.01) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -183,20 +306,28 @@ def wait_until(predicate, timeout: float, step: float = 0.01) -> bool:  # type: 
 
 class TcpProxy:
     """A loopback TCP forwarder to the rig's sshd that the test can cut (`drop`), take down
-    (`stop`: nothing listens, connections are refused) and bring back (`start`)."""
+    (`stop`: nothing listens, connections are refused) and bring back (`start`) on the same
+    port. The port is chosen by the kernel (bound to port 0) and stays bound by this object
+    while the proxy is down, so no other process can take it in between."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = 0
         self._listener: socket.socket | None = None
+        self._reserved: socket.socket | None = None  # holds the port while stopped
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.accepted = 0
 
     def start(self) -> TcpProxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        if self._listener is not None:
+            return self
+        if self._reserved is not None:
+            listener, self._reserved = self._reserved, None
+        else:
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         self.port = listener.getsockname()[1]
         self._listener = listener
@@ -243,16 +374,36 @@ class TcpProxy:
             sock.close()
 
     def stop(self) -> None:
+        """Nothing listens any more (connections are refused); the port stays ours."""
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+            # Bind the same port explicitly (SO_REUSEADDR: allowed next to the old, no longer
+            # listening socket) before closing the old one: there is no moment at which the
+            # port is free for another process.
+            reserved = socket.socket()
+            reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            reserved.bind(("127.0.0.1", self.port))
             self._listener.close()
             self._listener = None
+            self._reserved = reserved
         self.drop()
+
+    def close(self) -> None:
+        self.stop()
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
+
+
+_RESERVED: list[socket.socket] = []  # closed_port() sockets, held until the process exits
 
 
 def closed_port() -> int:
-    """A loopback port where nothing listens (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port where nothing listens, and nothing can start listening while this
+    process runs: a socket stays bound to it without listening, so connections to it are
+    refused (a port bound then released could be taken by another process in between)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _RESERVED.append(sock)
+    return sock.getsockname()[1]

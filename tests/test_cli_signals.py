@@ -178,7 +178,7 @@ def test_sigterm_to_wait_stops_watching_only(setup):
     wait_for_pids(setup["pids"], 1)
     proc = start_slurmrunner("wait", run_id)
     err = Stderr(proc)
-    time.sleep(1.0)  # let it attach and start watching
+    err.wait_for(r"watching run ")  # its signal handlers are in place from here on
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143, err.finish()
     assert f"stopped watching; run {run_id} goes on" in re.sub(r"\s+", " ", err.finish())

@@ -27,11 +27,10 @@ def refused(data) -> str:
     return str(info.value)
 
 
-def test_local_is_the_default(tmp_path, monkeypatch):
+def test_local_profile_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    profile = parse_profile({})
-    assert profile.backend == "local"
-    assert profile == Profile()
+    profile = parse_profile({"backend": "local"})
+    assert profile == Profile(backend="local")
     assert profile.resolved_project_dir() == f"{tmp_path}/.slurmrunner-work"
     assert profile.cache_base() == f"{tmp_path}/.slurmrunner-work/.fractal_cache"
 
@@ -162,3 +161,9 @@ def test_profile_file_errors_name_file_and_key(tmp_path):
 def test_example_profile_loads():
     profile = load_profile_file(EXAMPLES / "profile-local.json")
     assert profile.backend == "local" and profile.project_dir
+
+
+@pytest.mark.parametrize("data", [{}, {"username": "alice", "project_dir": "/home/alice/proj"}])
+def test_a_profile_must_name_its_backend(data):
+    # A Profile naming a user but no backend once ran that user's work here, as the server.
+    assert "backend: Field required" in refused(data)

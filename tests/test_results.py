@@ -4,6 +4,7 @@ import pytest
 
 from slurmrunner.batching import PartitionShape
 from slurmrunner.jobstate import GONE, JobState
+from slurmrunner.records import TaskRecord
 from slurmrunner.results import TaskResult, cancelled, from_record, without_record
 from slurmrunner.slurm import is_transient, parse_sbatch_parsable, parse_sinfo, parse_squeue
 
@@ -12,12 +13,13 @@ def rec(status="ok", cause=None, **kw):
     r = {"i": 7, "job": 0, "status": status, "duration_s": 0.5, "max_rss_mb": 12.0, "log": "l"}
     if cause:
         r["error"] = {"cause": cause, "message": "m", "log_tail": "tail"}
-    return {**r, **kw}
+    return TaskRecord.model_validate({**r, **kw})
 
 
 def test_ok_record_is_the_only_success():
-    r = from_record(rec(result={"a": 1}), "12", None)
+    r = from_record(rec(result={"a": 1}), "12", None, "/run/logs/7.log")
     assert (r.status, r.result, r.job_id, r.max_rss_mb) == ("ok", {"a": 1}, "12", 12.0)
+    assert r.log == "/run/logs/7.log"  # the server's path, not the record's "l"
 
 
 @pytest.mark.parametrize(
@@ -41,14 +43,23 @@ def test_a_task_without_record_gets_the_jobs_cause(state, cause, status):
 
 
 @pytest.mark.parametrize(
+    ("state", "cause"),
+    [("COMPLETED", "bad_record"), ("UNKNOWN", "bad_record"), ("OUT_OF_MEMORY", "out_of_memory")],
+)
+def test_a_job_that_wrote_bad_lines_leaves_bad_record_not_lost(state, cause):
+    r = without_record(3, "99", state, bad_lines=2)
+    assert (r.status, r.error.cause) == ("failed", cause)
+
+
+@pytest.mark.parametrize(
     ("state", "cause"), [("TIMEOUT", "time_limit"), ("CANCELLED", "cancelled"), (None, "signal")]
 )
 def test_killed_or_interrupted_task_takes_the_jobs_cause(state, cause):
-    assert from_record(rec("failed", "signal"), "1", state).error.cause == cause
+    assert from_record(rec("failed", "signal"), "1", state, None).error.cause == cause
 
 
 def test_the_tasks_own_failure_is_kept_whatever_the_job_did():
-    r = from_record(rec("failed", "exit_code"), "1", "OUT_OF_MEMORY")
+    r = from_record(rec("failed", "exit_code"), "1", "OUT_OF_MEMORY", None)
     assert (r.error.cause, r.error.log_tail) == ("exit_code", "tail")
 
 

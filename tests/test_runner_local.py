@@ -27,7 +27,7 @@ TASK = str(Path(__file__).resolve().parents[1] / "examples" / "task.py")
 
 
 def runner(tmp_path):
-    profile = Profile(project_dir=str(tmp_path / "proj"))
+    profile = Profile(backend="local", project_dir=str(tmp_path / "proj"))
     return Runner(SlurmRunnerConfig(), profile, Store(tmp_path / "store.sqlite"))
 
 
@@ -138,7 +138,7 @@ def test_a_job_of_many_chunks_is_read_whole_and_each_chunk_once(tmp_path):
     assert [x.index for x in results] == list(range(2500))
     assert all(x.status == "ok" for x in results)
     chunks = sorted(p.name for p in Path(run.run_dir, "results").iterdir())
-    assert chunks == ["0.1.jsonl", "0.2.jsonl", "0.jsonl"]
+    assert chunks == ["0.1.jsonl", "0.2.jsonl", "0.jsonl", "sep"]
     assert run._watch[0].chunk == 2
 
 
@@ -148,11 +148,12 @@ def test_a_reattaching_reader_catches_up_on_many_chunks_in_few_looks(tmp_path, m
     res = TaskResources(tasks_per_job=300, parallel_tasks_per_job=2)
     run = r.submit(["true"], [{} for _ in range(300)], res, call="stdin")
     run.wait(timeout=120)
-    assert len(list(Path(run.run_dir, "results").iterdir())) == 30
+    assert len(list(Path(run.run_dir, "results").glob("*.jsonl"))) == 30
     # forget what was read, as a process that starts watching a finished job would
     db = sqlite3.connect(r.store.path)
     with db:
         db.execute("UPDATE tasks SET result = NULL")
+        db.execute("DELETE FROM status_counts")  # kept with the results
         db.execute("UPDATE jobs SET done = 0, state = 'RUNNING'")
     db.close()
     cats_before = r.store.counters(run.id).get("cat", 0)
@@ -269,3 +270,95 @@ def test_bad_inputs_are_refused_before_anything_is_stored(tmp_path):
     with pytest.raises(ConfigError, match="command"):
         r.submit("python3 task.py", [{"x": 1}])
     assert r.store.runs() == []
+
+
+def test_a_run_folder_that_exists_is_refused_and_nothing_is_submitted(tmp_path):
+    r = runner(tmp_path)
+    run = r.prepare([sys.executable, TASK], [{"x": 1}])
+    planted = Path(run.run_dir)
+    planted.mkdir(parents=True)
+    (planted / "logs").symlink_to(tmp_path)  # what a plant would hold
+    with pytest.raises(HostError, match="must not exist"):
+        run.start()
+    assert run.job_ids() == []
+    assert [p.name for p in planted.iterdir()] == ["logs"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"), [(0o775, True), (0o757, True), (0o1777, False), (0o755, False)]
+)
+def test_a_project_folder_others_may_write_is_refused(tmp_path, mode, refused):
+    r = runner(tmp_path)
+    project = tmp_path / "proj"
+    project.mkdir()
+    project.chmod(mode)
+    if refused:
+        with pytest.raises(ConfigError, match=rf"{project} may be written by other users.*go-w"):
+            r.submit([sys.executable, TASK], [{"x": 1}])
+        assert r.store.jobs(r.store.runs()[0].id)[0].job_id is None
+    else:
+        assert [x.result["square"] for x in r.run([sys.executable, TASK], [{"x": 3}])] == [9]
+    (tmp_path / "proj").chmod(0o700)
+    (project / ".slurmrunner").chmod(0o777)
+    with pytest.raises(ConfigError, match=r"\.slurmrunner may be written"):
+        r.submit([sys.executable, TASK], [{"x": 1}])
+
+
+def test_folder_checks_read_ls_as_it_prints():
+    from slurmrunner.submission import check_folders
+
+    parents = ["/p", "/p/.slurmrunner", "/p/.slurmrunner/runs"]
+    ok = "drwx------ 2 1000 1000 40 Nov 30 14:27 {}"
+    listing = "\n".join(ok.format(p) for p in [*parents, "/p/.slurmrunner/runs/R"])
+    check_folders(listing, parents, "/p/.slurmrunner/runs/R")
+    iso = listing.replace("Nov 30 14:27", "2024-11-30 14:27")  # another locale's dates
+    check_folders(iso, parents, "/p/.slurmrunner/runs/R")
+    first = "2 1000 1000 40 Nov 30 14:27 /p\n"
+    foreign = listing.replace(first, first.replace("1000", "1001"))
+    with pytest.raises(ConfigError, match="belongs to another account"):
+        check_folders(foreign, parents, "/p/.slurmrunner/runs/R")
+    rooted = listing.replace(first, first.replace("1000", "0"))
+    check_folders(rooted, parents, "/p/.slurmrunner/runs/R")
+    with pytest.raises(HostError, match="cannot check"):
+        check_folders("", parents, "/p/.slurmrunner/runs/R")
+
+
+def test_max_result_bytes_reaches_the_worker(tmp_path):
+    # A result over the admin's bound stays in the task's file and the task says so.
+    config = SlurmRunnerConfig(max_result_bytes=2048)
+    r = Runner(config, Profile(backend="local", project_dir=str(tmp_path / "p")), Store(":memory:"))
+    big = tmp_path / "big.py"
+    big.write_text(
+        "import json, sys\n"
+        "out = sys.argv[sys.argv.index('--out-json') + 1]\n"
+        "n = json.load(open(sys.argv[sys.argv.index('--args-json') + 1]))['n']\n"
+        "json.dump({'blob': 'x' * n}, open(out, 'w'))\n"
+    )
+    small, large = r.run([sys.executable, str(big)], [{"n": 100}, {"n": 5000}])
+    assert small.ok and small.result == {"blob": "x" * 100}
+    assert not large.ok and large.error.cause == "result_too_large"
+    assert "max_result_bytes=2048" in large.error.message
+
+
+def test_a_connection_drop_while_making_the_run_folder_is_survived(tmp_path, monkeypatch):
+    # As over SSH: the mkdir ran, then the connection dropped before its answer came.
+    from slurmrunner.hosts.ssh import SSHCommandInterrupted
+
+    r = runner(tmp_path)
+    run = r.prepare([sys.executable, TASK], [{"x": 3}])
+    host = run.backend.user_host
+    real_run = host.run
+    dropped = []
+
+    def drop_once(argv, *a, **k):
+        result = real_run(argv, *a, **k)
+        if argv[:3] == ["mkdir", "-m", "700"] and not dropped:
+            dropped.append(argv)
+            raise SSHCommandInterrupted("connection dropped while it ran")
+        return result
+
+    monkeypatch.setattr(host, "run", drop_once)
+    run.start()
+    monkeypatch.undo()
+    assert dropped
+    assert [x.result["square"] for x in run.wait(timeout=60)] == [9]

@@ -571,4 +571,82 @@ def test_reconnection_gives_up_with_connect_error_then_recovers(rig, pool, tmp_p
         assert host.connections_opened == 2
         print(f"gave up after 4 attempts in {elapsed:.2f}s; recovered on connection 2")
     finally:
-        proxy.stop()
+        proxy.close()
+
+
+# --------------------------------------------------------------------------- output and policy
+
+
+@pytest.mark.ssh
+def test_output_is_decoded_with_replacement_and_capped(rig, pool):
+    host = rig_host(rig, pool)
+    bad = host.run(["printf", "ok \\377\\376 \\351t\\351"])
+    assert bad.ok and bad.stdout == "ok \ufffd\ufffd \ufffdt\ufffd"
+    code = "seq 1 300000; echo the end; head -c 3000000 /dev/zero >&2"
+    head = host.run(["sh", "-c", code], max_output=1000)
+    assert head.ok and head.stdout.startswith("1\n2\n3\n") and len(head.stdout) == 1000
+    assert head.stdout_dropped > 1_000_000 and head.stderr_dropped == 3_000_000 - 1000
+    tail = host.run(["sh", "-c", code], max_output=100, keep_tail=True)
+    assert tail.stdout.endswith("299999\n300000\nthe end\n") and len(tail.stdout) == 100
+
+
+def _counting_uid_checks(monkeypatch) -> list[int]:
+    asked: list[int] = []
+    real = SSHHost._remote_uid
+
+    def counted(self, transport, channel):
+        uid = real(self, transport, channel)
+        asked.append(uid)
+        return uid
+
+    monkeypatch.setattr(SSHHost, "_remote_uid", counted)
+    return asked
+
+
+@pytest.mark.ssh
+def test_remote_uid_is_checked_once_per_connection_before_any_command(rig, pool, monkeypatch):
+    from slurmrunner.config import ImpersonationPolicy
+    from slurmrunner.policy import uid_checker
+
+    asked = _counting_uid_checks(monkeypatch)
+    host = rig_host(rig, pool, check_uid=uid_checker(ImpersonationPolicy()))
+    uid = int(host.run(["id", "-u"]).stdout)
+    for _ in range(3):
+        assert host.run(["true"]).ok
+    assert asked == [uid] and uid >= 1000
+    assert host.calls["id"] == 1  # the check itself is not one of the caller's commands
+    # A new connection is checked again.
+    host.connection.invalidate(host.connection.transport())
+    assert host.run(["true"]).ok
+    assert asked == [uid, uid] and host.connections_opened == 2
+
+
+@pytest.mark.ssh
+def test_a_refused_uid_runs_nothing(rig, pool, monkeypatch):
+    from slurmrunner.config import ImpersonationPolicy
+    from slurmrunner.errors import PolicyError
+    from slurmrunner.policy import uid_checker
+
+    asked = _counting_uid_checks(monkeypatch)
+    probe = rig_host(rig, pool)  # same identity, same connection, no check
+    uid = int(probe.run(["id", "-u"]).stdout)
+    strict = SSHHost(
+        rig.host,
+        rig.port,
+        rig.user,
+        rig.key(),
+        rig.known_hosts,
+        pool=ConnectionPool(),  # a connection of its own: checked from its start
+        check_uid=uid_checker(ImpersonationPolicy(min_uid=uid + 1)),
+    )
+    marker = f"/tmp/slurmrunner-policy-{secrets.token_hex(6)}"
+    try:
+        for _ in range(2):
+            with pytest.raises(PolicyError, match=f"uid {uid} on the SSH host.*min_uid={uid + 1}"):
+                strict.run(["mkdir", marker])
+        assert not os.path.exists(marker)
+        assert asked == [uid]  # refused from what the connection already told
+        with pytest.raises(PolicyError):
+            strict.connect()
+    finally:
+        strict.close()

@@ -73,7 +73,8 @@ def task(tmp_path):
 
 
 def payload(run_dir, tasks, command, parallel=1, call="fractal", workdir=None, job_index=0):
-    """A payload as script.worker_payload makes it."""
+    """A payload as script.worker_payload makes it; the run folder made as Run.start does."""
+    Path(run_dir).mkdir(mode=0o700, exist_ok=True)
     return {
         "version": 1,
         "run_id": "RUN",
@@ -402,7 +403,14 @@ def test_sigterm_records_unfinished_and_leaves_no_orphans(tmp_path, task, ignore
     assert lines[0]["event"] == "start"
     end = lines[-1]
     assert end.pop("t") >= lines[0]["t"]  # when the job started and ended, for timelines
-    assert end == {"event": "end", "job": 0, "interrupted": "SIGTERM"}
+    assert end == {
+        "event": "end",
+        "job": 0,
+        "chunk": 0,
+        "records": 6,
+        "tasks": 6,
+        "interrupted": "SIGTERM",
+    }
     recs = task_records(lines)
     assert sorted(recs) == list(range(6))
     assert len([r for r in lines if "i" in r]) == 6  # one record per task, no duplicates
@@ -485,13 +493,14 @@ def test_results_come_in_chunks_each_closed_by_a_next_line(tmp_path):
     chunks = [run_dir / "results" / "0.jsonl"] + [
         run_dir / "results" / f"0.{c}.jsonl" for c in range(1, 4)
     ]
-    assert sorted((run_dir / "results").iterdir()) == sorted(chunks)
+    assert sorted((run_dir / "results").iterdir()) == sorted([*chunks, run_dir / "results/sep"])
     lines = [[json.loads(x) for x in c.read_text().splitlines()] for c in chunks]
     for c, chunk in enumerate(lines[:-1]):
-        assert chunk[-1] == {"event": "next", "job": 0, "chunk": c + 1}
+        assert chunk[-1] == {"event": "next", "job": 0, "chunk": c + 1, "records": 3}
         assert len([r for r in chunk if "i" in r]) == 3
     assert lines[0][0]["event"] == "start"
-    assert lines[-1][-1]["event"] == "end"
+    end = lines[-1][-1]
+    assert (end["event"], end["chunk"], end["records"], end["tasks"]) == ("end", 3, 1, 10)
     records = [r for chunk in lines for r in chunk if "i" in r]
     assert sorted(r["i"] for r in records) == list(range(10))
     # a requeued job goes on from the last chunk, so the reader, already there, sees it all
@@ -499,7 +508,109 @@ def test_results_come_in_chunks_each_closed_by_a_next_line(tmp_path):
     assert proc.wait(timeout=60) == 0
     again = [json.loads(x) for x in chunks[-1].read_text().splitlines()]
     assert [r.get("event") for r in again[:3]] == [None, "end", "start"]
-    files = list((run_dir / "results").iterdir())
+    files = [p for p in (run_dir / "results").iterdir() if p.name != "sep"]
     everything = [json.loads(x) for p in files for x in p.read_text().splitlines()]
     assert len([r for r in everything if "i" in r]) == 20
-    assert len([r for r in everything if r.get("event") == "end"]) == 2
+    ends = sorted((r for r in everything if r.get("event") == "end"), key=lambda r: r["t"])
+    assert len(ends) == 2
+    # the second attempt counted what the first left in the chunk it went on with (1 record
+    # in chunk 3, so 2 more filled it) and in all chunks
+    assert [r.get("event") for r in again[-2:]] == [None, "next"]
+    assert again[-1]["records"] == 3
+    assert (ends[1]["chunk"], ends[1]["records"], ends[1]["tasks"]) == (6, 2, 20)
+
+
+def test_a_result_over_max_result_bytes_stays_in_its_file(tmp_path, task):
+    run_dir = tmp_path / "run"
+    data = payload(run_dir, [{"pad": "x" * 5000}, {"x": 1}], [sys.executable, task])
+    data["max_result_bytes"] = 4096
+    assert start_worker(tmp_path, data).wait(timeout=60) == 0
+    recs = task_records(read_lines(run_dir))
+    err = recs[0]["error"]
+    assert (recs[0]["status"], err["cause"]) == ("failed", "result_too_large")
+    out = run_dir / "tasks" / "0.out.json"
+    assert str(out.stat().st_size) in err["message"] and str(out) in err["message"]
+    assert "result" not in recs[0]
+    assert recs[1]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [("[" * 100 + "]" * 100, "nests deeper"), ('{"a": NaN}', "NaN"), ('{"a": 1e999}', "finite")],
+)
+def test_a_result_the_server_would_refuse_is_bad_output(tmp_path, content, why):
+    prog = tmp_path / "writes.py"
+    prog.write_text(
+        f"import sys\nopen(sys.argv[sys.argv.index('--out-json') + 1], 'w').write({content!r})\n"
+    )
+    lines = run_worker(tmp_path, [{}], [sys.executable, prog])
+    err = lines[1]["error"]
+    assert err["cause"] == "bad_output" and why in err["message"]
+
+
+def test_chunks_close_on_bytes_too(tmp_path):
+    run_dir = tmp_path / "run"
+    data = payload(run_dir, [{} for _ in range(6)], ["true"], call="stdin")
+    data["chunk_bytes"] = 100  # each record is bigger: one per chunk
+    assert start_worker(tmp_path, data).wait(timeout=60) == 0
+    chunks = sorted((run_dir / "results").glob("0*.jsonl"))
+    assert len(chunks) == 6
+
+
+def test_nothing_planted_in_the_run_folder_is_written_or_read_through(tmp_path, task):
+    run_dir = tmp_path / "run"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for sub in ("logs", "tasks"):
+        (run_dir / sub).mkdir(parents=True)
+    (run_dir / "logs" / "0.log").symlink_to(victim)
+    (run_dir / "tasks" / "0.args.json").symlink_to(victim)
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"secret": 1}')
+    prog = tmp_path / "links.py"  # its --out-json is a link to a file it should not hand over
+    prog.write_text(
+        "import os, sys\n"
+        f"os.symlink({str(secret)!r}, sys.argv[sys.argv.index('--out-json') + 1])\n"
+        "print('to the log')\n"
+    )
+    lines = run_worker(tmp_path, [{}], [sys.executable, prog])
+    assert victim.read_text() == "precious\n"
+    assert "to the log" in (run_dir / "logs" / "0.log").read_text()
+    assert not (run_dir / "logs" / "0.log").is_symlink()
+    err = lines[1]["error"]
+    assert err["cause"] == "bad_output" and "secret" not in json.dumps(lines)
+
+
+def test_a_fifo_for_out_json_does_not_block_the_worker(tmp_path):
+    prog = tmp_path / "fifo.py"
+    prog.write_text("import os, sys\nos.mkfifo(sys.argv[sys.argv.index('--out-json') + 1])\n")
+    lines = run_worker(tmp_path, [{}, {}], [sys.executable, prog], timeout=20)
+    assert [r["error"]["cause"] for r in task_records(lines).values()] == ["bad_output"] * 2
+
+
+def test_a_run_folder_that_is_a_link_is_refused(tmp_path, task):
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    data = payload(tmp_path / "real-run", [{}], [sys.executable, task])
+    (tmp_path / "link-run").symlink_to(real)
+    data["run_dir"] = str(tmp_path / "link-run")
+    proc = start_worker(tmp_path, data)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and (b"symbolic links" in err or b"Not a directory" in err)
+    assert list(real.iterdir()) == []
+
+
+def test_a_line_a_task_left_unfinished_does_not_swallow_the_next_record(tmp_path):
+    prog = tmp_path / "partial.py"
+    prog.write_text(
+        "import os, sys\n"
+        "out = sys.argv[sys.argv.index('--out-json') + 1]\n"
+        "run = os.path.dirname(os.path.dirname(out))\n"
+        "open(os.path.join(run, 'results', '0.jsonl'), 'a').write('{\"i\": 1, \"st')\n"
+    )
+    run_dir = tmp_path / "run"
+    assert start_worker(tmp_path, payload(run_dir, [{}, {}], [sys.executable, prog])).wait(30) == 0
+    text = (run_dir / "results" / "0.jsonl").read_text().splitlines()
+    assert '{"i": 1, "st' in text  # a line of its own now, read as a bad line
+    good = [json.loads(x) for x in text if x.startswith('{"i":') and x.endswith("}")]
+    assert sorted(r["i"] for r in good) == [0, 1]

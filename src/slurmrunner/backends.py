@@ -1,7 +1,9 @@
 """From a Profile to the hosts and scheduler that act for it (one per profile per process).
 
 Sharing matters: every run of the same SSH profile uses one connection, and every local run
-shares the one local scheduler that guards this machine's CPUs.
+shares the one local scheduler that guards this machine's CPUs. The admin's impersonation
+policy is checked before a backend is built (and the SSH host checks the remote uid on each
+connection), so no host exists for an identity the policy refuses.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from .config import ImpersonationPolicy
 from .hosts.base import Host
 from .hosts.local import LocalHost
 from .hosts.sudo import SudoHost
 from .jobstate import Scheduler
 from .local_jobs import LocalScheduler
 from .local_queue import default_queue_path
+from .policy import check_profile, uid_checker
 from .profiles import Profile
 from .slurm import SharedSqueue, SlurmScheduler
 
@@ -41,29 +45,41 @@ def _shared_squeue(key: str, host: Host) -> SharedSqueue:
     return _queries[key]
 
 
-def _build(profile: Profile, local_queue: str | None) -> Backend:
+def _build(profile: Profile, local_queue: str | None, policy: ImpersonationPolicy) -> Backend:
+    check_profile(profile, policy)  # before any host exists that could act as the user
     if profile.backend == "local":
         return Backend(LocalHost(), LocalScheduler(local_queue))
+    assert profile.username is not None
     if profile.backend == "slurm_sudo":
-        assert profile.username is not None
-        sudo = SudoHost(profile.username)
+        sudo = SudoHost(profile.username, sudo=policy.sudo_path)
         # squeue runs as the server user itself: one query for the jobs of every user.
         query = _shared_squeue("local", LocalHost())
-        return Backend(sudo, SlurmScheduler(submit_host=sudo, query=query))
+        return Backend(sudo, SlurmScheduler(sudo, query, profile.username))
     from .hosts.ssh import SSHHost
 
-    ssh = SSHHost.for_profile(profile)
+    ssh = SSHHost.for_profile(profile, check_uid=uid_checker(policy))
     query = _shared_squeue(f"ssh:{profile.username}@{profile.host}:{profile.port}", ssh)
-    return Backend(ssh, SlurmScheduler(submit_host=ssh, query=query))
+    return Backend(ssh, SlurmScheduler(ssh, query, profile.username))
 
 
-def backend_for(profile: Profile, local_queue: str | None = None) -> Backend:
+def backend_for(
+    profile: Profile,
+    local_queue: str | None = None,
+    policy: ImpersonationPolicy | None = None,
+) -> Backend:
     """The shared backend of `profile`; for the local backend, of that queue file (default:
-    local_queue.default_queue_path(), the one all of this user's runs share)."""
+    local_queue.default_queue_path(), the one all of this user's runs share).
+
+    `policy` is checked whenever it is given (and when the backend is first built: the
+    default policy then). Without it, a backend already built for the profile is returned
+    as it is: Runner and Run of one process share it, checked once by the Runner.
+    """
     if profile.backend == "local":
         local_queue = str(local_queue or default_queue_path())
     key = f"{profile.model_dump_json()}|{local_queue}"
+    if policy is not None:
+        check_profile(profile, policy)
     with _lock:
         if key not in _cache:
-            _cache[key] = _build(profile, local_queue)
+            _cache[key] = _build(profile, local_queue, policy or ImpersonationPolicy())
         return _cache[key]

@@ -13,9 +13,10 @@ import json
 import re
 from difflib import get_close_matches
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,61 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from .directives import KEYED, check_directive
 from .errors import ConfigError
+from .quoting import posix_username
+from .units import parse_memory_mb, parse_time_minutes
 
-_MEM_UNITS_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
 _SHELL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-def parse_memory_mb(value: Any) -> int:
-    """Memory as SLURM reads it: an int is MB; strings take K, M, G, T suffixes (x1024)."""
-    if isinstance(value, bool):
-        raise ValueError(f"memory must be a number of MB or a string like '4G', not {value!r}")
-    if isinstance(value, int):
-        mb = value
-    elif isinstance(value, float) and value.is_integer():
-        mb = int(value)
-    elif isinstance(value, str) and (m := _MEM_RE.match(value)):
-        mb = round(float(m.group(1)) * _MEM_UNITS_MB[(m.group(2) or "M").upper()])
-    else:
-        raise ValueError(
-            f"malformed memory {value!r}: use an int (MB) or a string like 4000, 4000M, 4G, 1T"
-        )
-    if mb <= 0:
-        raise ValueError(f"memory must be positive, got {value!r}")
-    return mb
-
-
-def parse_time_minutes(value: str) -> int:
-    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) to whole minutes, rounded up."""
-    m = _TIME_RE.match(value.strip())
-    if not m:
-        raise ValueError(
-            f"malformed time {value!r}: use minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
-        )
-    days, a, b, c = m.groups()
-    parts = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:
-        hours, minutes, seconds = ([*parts, 0, 0])[:3]
-        total_s = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
-    elif len(parts) == 1:
-        total_s = parts[0] * 60
-    elif len(parts) == 2:
-        total_s = parts[0] * 60 + parts[1]
-    else:
-        total_s = (parts[0] * 60 + parts[1]) * 60 + parts[2]
-    if total_s <= 0:
-        raise ValueError(f"time must be positive, got {value!r}")
-    return -(-total_s // 60)
-
-
-def format_time_minutes(minutes: int) -> str:
-    """Minutes to SLURM's D-HH:MM:SS."""
-    days, rem = divmod(minutes, 24 * 60)
-    hours, mins = divmod(rem, 60)
-    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
 
 
 def _check_time(value: str | None) -> str | None:
@@ -91,73 +43,18 @@ def _check_time(value: str | None) -> str | None:
 Memory = Annotated[int, BeforeValidator(parse_memory_mb)]
 SlurmTime = Annotated[str, BeforeValidator(lambda v: _check_time(str(v)))]
 
-#: Directives the runner writes itself: a config may not set them through extra_lines.
-MANAGED_DIRECTIVES: dict[str, str] = {
-    "--ntasks": "-n",
-    "--cpus-per-task": "-c",
-    "--mem": "",
-    "--mem-per-cpu": "",
-    "--output": "-o",
-    "--error": "-e",
-    "--chdir": "-D",
-    "--job-name": "-J",
-    "--array": "-a",
-}
-#: Directives that a config key sets: extra_lines may set them only when the key is unset.
-KEYED_DIRECTIVES: dict[str, tuple[str, str]] = {
-    "partition": ("--partition", "-p"),
-    "time": ("--time", "-t"),
-    "account": ("--account", "-A"),
-    "gres": ("--gres", ""),
-    "gpus": ("--gpus", "-G"),
-    "constraint": ("--constraint", "-C"),
-    "exclude": ("--exclude", "-x"),
-    "nodelist": ("--nodelist", "-w"),
-    "qos": ("--qos", "-q"),
-}
-
-
-def sbatch_option_of(line: str) -> str | None:
-    """The option an `#SBATCH ...` line sets (e.g. '--mem' or '-c'), else None."""
-    stripped = line.strip()
-    if not stripped.startswith("#SBATCH"):
-        return None
-    rest = stripped[len("#SBATCH") :].strip()
-    if not rest.startswith("-"):
-        return None
-    token = rest.split()[0]
-    if token.startswith("--"):
-        return token.split("=", 1)[0]
-    return token[:2]
-
-
-def _sets_directive(opt: str, long: str, short: str) -> bool:
-    """True if `opt` is `long`, `short`, or an abbreviation sbatch would read as `long`
-    (sbatch, like getopt_long, accepts any unambiguous prefix: `--cpus-per=4`)."""
-    if short and opt == short:
-        return True
-    return opt == long or (opt.startswith("--") and len(opt) > 3 and long.startswith(opt))
-
 
 def check_extra_lines(lines: list[str], set_keys: set[str], where: str) -> None:
-    """Refuse extra_lines that set managed directives or ones a set config key already sets."""
+    """Refuse extra_lines that set managed directives or ones a set config key already sets
+    (every option of every directive line, read as sbatch reads it: see directives.py)."""
     prefix = f"{where}.extra_lines" if where else "extra_lines"
     for i, line in enumerate(lines):
         if "\n" in line or "\r" in line:
             raise ValueError(f"{prefix}[{i}] contains a line break: one line per entry")
-        opt = sbatch_option_of(line)
-        if opt is None:
-            continue
-        for long, short in MANAGED_DIRECTIVES.items():
-            if _sets_directive(opt, long, short):
-                raise ValueError(
-                    f"{prefix}[{i}] sets {long}, which slurmrunner manages itself: {line!r}"
-                )
-        for key, (long, short) in KEYED_DIRECTIVES.items():
-            if key in set_keys and _sets_directive(opt, long, short):
-                raise ValueError(
-                    f"{prefix}[{i}] sets {long} but `{key}` is set too: keep one of them ({line!r})"
-                )
+        try:
+            check_directive(line, set_keys)
+        except ValueError as exc:
+            raise ValueError(f"{prefix}[{i}] {exc}: {line!r}") from None
 
 
 class _Strict(BaseModel):
@@ -243,6 +140,57 @@ class BatchingConfig(_Strict):
         return self
 
 
+#: The per-task resource keys that pick *whose* resources a job uses: a task may set them only
+#: to a value the admin lists in `task_allowed_values`.
+GUARDED_TASK_KEYS = ("account", "qos", "partition", "gres", "gpus", "constraint")
+
+
+def _allow_list(value: Any) -> Any:
+    if value != "*" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ValueError(f'give a list of strings, or "*" for any; got {value!r}')
+    return value
+
+
+AllowList = Annotated[list[str] | Literal["*"], BeforeValidator(_allow_list)]
+
+
+class TaskAllowedValues(_Strict):
+    """Per key, the values a task's resources may ask for (`"*"`: any). Unlisted: none."""
+
+    account: AllowList | None = None
+    qos: AllowList | None = None
+    partition: AllowList | None = None
+    gres: AllowList | None = None
+    gpus: AllowList | None = None
+    constraint: AllowList | None = None
+
+
+def _user_names(value: AllowList) -> AllowList:
+    if value != "*":
+        for name in value:
+            posix_username(name, "user name")
+    return value
+
+
+class ImpersonationPolicy(_Strict):
+    """Whom the server may act as (checked by policy.py before any command runs as them)."""
+
+    min_uid: int = Field(default=1000, ge=1, description="lower uids are system accounts")
+    allowed_users: Annotated[AllowList, AfterValidator(_user_names)] = "*"
+    denied_users: Annotated[list[str], AfterValidator(_user_names)] = Field(default_factory=list)
+    ssh_keys_dir: str | None = Field(
+        default=None, description="every Profile's ssh_key_path must lie under it"
+    )
+    sudo_path: str = "/usr/bin/sudo"
+
+    @field_validator("ssh_keys_dir", "sudo_path")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or any(c in v for c in "\0\n\r")):
+            raise ValueError(f"must be an absolute path, got {v!r}")
+        return v
+
+
 def check_relative_path(value: str, where: str) -> str:
     """A path that must stay under a base directory: relative, no `..`, no line breaks."""
     if not value or value.startswith("/") or value.startswith("~"):
@@ -263,6 +211,13 @@ class SlurmRunnerConfig(_Strict):
     user_local_exports: dict[str, str] = Field(default_factory=dict)
     python: str = Field(default="python3", description="interpreter that runs the worker")
     max_script_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    # A bigger result stays in the task's own --out-json file; its record says so.
+    max_result_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    impersonation: ImpersonationPolicy = Field(default_factory=ImpersonationPolicy)
+    allow_task_extra_lines: bool = Field(
+        default=False, description="may a task's resources carry extra_lines"
+    )
+    task_allowed_values: TaskAllowedValues = Field(default_factory=TaskAllowedValues)
 
     @field_validator("user_local_exports", mode="before")
     @classmethod
@@ -343,7 +298,7 @@ def merge_resources(config: SlurmRunnerConfig, task: TaskResources | None = None
                 set_keys.add(key)
     base = config.default_slurm_config
     try:
-        check_extra_lines(merged["extra_lines"], set_keys & set(KEYED_DIRECTIVES), "merged")
+        check_extra_lines(merged["extra_lines"], set_keys & set(KEYED), "merged")
     except ValueError as exc:
         raise ConfigError(f"resources: {exc}") from None
     return JobResources(

@@ -25,6 +25,11 @@ class ImpersonationError(HostError):
     """sudo refused to run the command as the user (not allowed, needs a password, ...)."""
 
 
+class PolicyError(ImpersonationError):
+    """The admin's impersonation policy refuses this identity (root, a system account, a user
+    not allowed, a key outside ssh_keys_dir, ...): nothing was run as it."""
+
+
 class SSHError(HostError):
     """Base of SSH connection problems."""
 

@@ -20,7 +20,10 @@ class Profile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Backend = "local"
+    # No default: a Profile that names a user but no backend must not run locally as the
+    # server's own account. (The CLI and the API build `Profile(backend="local")` themselves
+    # when no Profile is given at all.)
+    backend: Backend
     username: str | None = None
     project_dir: str | None = Field(
         default=None, description="the user's directory on the cluster; runs go below it"

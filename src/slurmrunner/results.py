@@ -1,13 +1,16 @@
 """What a task ended as, and how that is decided from the worker's record and the job's end.
 
-Success comes only from the worker's record. A task without one gets the scheduler's reason
-for its job's end, never "completed".
+Success comes only from the worker's record (records.TaskRecord, validated). A task without one
+gets the scheduler's reason for its job's end, never "completed"; `bad_record` when the job
+wrote lines that were not valid records (one of them may have been this task's).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
+
+from .records import TaskRecord
 
 Status = Literal["ok", "failed", "cancelled"]
 
@@ -49,7 +52,10 @@ class TaskResult:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies the result, only for it to be serialized.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["error"] = asdict(self.error) if self.error else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskResult:
@@ -62,32 +68,47 @@ def _failed(index: int, cause: str, message: str, **kw: Any) -> TaskResult:
     return TaskResult(index, status, error=TaskError(cause, message, kw.pop("log_tail", "")), **kw)
 
 
-def from_record(record: dict[str, Any], job_id: str | None, end_state: str | None) -> TaskResult:
-    """A worker record; a death by signal or an interruption takes the job's end cause."""
+def from_record(
+    record: TaskRecord, job_id: str | None, end_state: str | None, log: str | None
+) -> TaskResult:
+    """A worker record; a death by signal or an interruption takes the job's end cause.
+
+    `log` is the server's own path of the task's log, never the record's word.
+    """
     common = {
-        "duration_s": record.get("duration_s"),
-        "max_rss_mb": record.get("max_rss_mb"),
+        "duration_s": record.duration_s,
+        "max_rss_mb": record.max_rss_mb,
         "job_id": job_id,
-        "log": record.get("log"),
+        "log": log,
     }
-    index = record["i"]
-    if record["status"] == "ok":
-        return TaskResult(index, "ok", result=record.get("result"), **common)
-    err = record.get("error") or {}
-    cause, message = err.get("cause", "unknown"), err.get("message", "")
+    if record.status == "ok":
+        return TaskResult(record.i, "ok", result=record.result, **common)
+    assert record.error is not None  # the schema requires one unless ok
+    cause, message = record.error.cause, record.error.message
     if cause in ("signal", "interrupted") and end_state in STATE_CAUSES:
         cause = STATE_CAUSES[end_state]
         message = f"{message}; job {job_id} ended {end_state}"
-    return _failed(index, cause, message, log_tail=err.get("log_tail", ""), **common)
+    return _failed(record.i, cause, message, log_tail=record.error.log_tail, **common)
 
 
 def without_record(
-    index: int, job_id: str | None, end_state: str, reason: str = "", job_output: str = ""
+    index: int,
+    job_id: str | None,
+    end_state: str,
+    reason: str = "",
+    job_output: str = "",
+    bad_lines: int = 0,
 ) -> TaskResult:
-    """A task whose job ended before the worker reported it."""
-    cause = STATE_CAUSES.get(end_state, "lost")
+    """A task whose job ended before the worker reported it (or whose report was unreadable:
+    `bad_lines` lines of the job's results were not valid records)."""
+    cause = STATE_CAUSES.get(end_state) or ("bad_record" if bad_lines else "lost")
     why = f" ({reason})" if reason and reason != "None" else ""
-    if end_state in ("", "UNKNOWN"):
+    if cause == "bad_record":
+        message = (
+            f"job {job_id} wrote {bad_lines} line(s) that are not valid records, "
+            "and no valid record of this task (see the run's warnings)"
+        )
+    elif end_state in ("", "UNKNOWN"):
         message = f"job {job_id} left the scheduler without a record of this task"
     else:
         message = f"job {job_id} ended {end_state}{why} before this task reported"

@@ -5,34 +5,36 @@ as the user per cycle, on a short adaptive interval) and a job that ends normall
 its file, so `squeue` (one call per cycle for all the run's jobs) is asked rarely: on its own
 slower adaptive interval, or at once when a job reports an interruption whose cause only the
 scheduler knows. A failing `squeue` is retried and never read as an outcome.
+
+Everything a job writes is untrusted (chunks.py cuts and checks the files, records.py each
+line): a bad line is counted and reported once per job, never raised. A cycle costs what is
+new: a record is saved as soon as it is final and then dropped, and status counts are kept by
+the store as results are saved.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from .backends import Backend, backend_for
+from .chunks import UNREADABLE, JobWatch, cat_paths, split_output
 from .errors import HostError, SlurmRunnerError, TransientSchedulerError
-from .jobstate import JobState
 from .pacing import PollPolicy, ReadPace
+from .records import TaskRecord
 from .results import TaskResult, cancelled, from_record, without_record
 from .runspec import RunSpec
-from .script import job_name, results_relpath
+from .script import job_name
 from .store import JobRow, Store, new_claim
 from .submission import NOT_TRANSIENT, Submission
 
 log = logging.getLogger("slurmrunner")
-
-# How the worker starts a task's record; lets a re-read line be skipped without parsing it.
-_RECORD_HEAD = re.compile(r'\{"i":(\d+),')
+#: What of a job's output (jobs/K.out) is kept to explain a task without a record.
+JOB_OUTPUT_TAIL = 2048
 Progress = Callable[["RunStatus"], None]
 
 
@@ -56,20 +58,6 @@ class RunStatus:
         return self.finished >= self.n_tasks
 
 
-@dataclass
-class _JobWatch:
-    """What this process has learnt of one job since it started watching."""
-
-    records: dict[int, dict[str, Any]] = field(default_factory=dict)
-    ended: bool = False  # the worker wrote its end line
-    chunk: int = 0  # the results chunk being written (earlier ones are complete and read)
-    ahead: int = 1  # chunks read past it per look; grows while catching up (reattach)
-    behind: bool = True  # the last look ended on a full chunk: more may be written already
-    final_look: bool = False  # read to its end after the scheduler said it had ended
-    interrupted: bool = False
-    state: JobState | None = None
-
-
 class Run(Submission):
     """One run: its jobs, their watching, its results. Safe to drive from one thread."""
 
@@ -88,8 +76,8 @@ class Run(Submission):
         self.backend: Backend = backend_for(spec.profile, spec.local_queue)
         self.calls: Counter[str] = Counter()
         self.warnings: list[str] = []
-        self._watch: dict[int, _JobWatch] = {}
-        self._read: set[int] = set()  # task indices whose record this process has read
+        self._watch: dict[int, JobWatch] = {}
+        self._bad_reported: set[int] = set()  # jobs whose bad lines were reported
         self._finished = store.finished_indices(run_id)
         self._read_pace = ReadPace(poll.read_min_s, poll.read_max_s)
         self._squeue_interval = poll.squeue_min_s
@@ -174,16 +162,16 @@ class Run(Submission):
         self._flush_counters()
         return news
 
-    def _w(self, row: JobRow) -> _JobWatch:
-        return self._watch.setdefault(row.idx, _JobWatch())
+    def _w(self, row: JobRow) -> JobWatch:
+        w = self._watch.get(row.idx)
+        if w is None:
+            limit = self.spec.config.max_result_bytes
+            w = self._watch[row.idx] = JobWatch(row.idx, row.task_range, limit)
+        return w
 
     def _awaits_state(self, row: JobRow) -> bool:
         w = self._w(row)
-        if w.state is not None or not w.ended:
-            return False
-        return w.interrupted or any(
-            (rec.get("error") or {}).get("cause") == "signal" for rec in w.records.values()
-        )
+        return w.state is None and w.ended and (w.interrupted or bool(w.held))
 
     def _squeue(self, rows: list[JobRow]) -> bool:
         ids = [r.job_id for r in rows if r.job_id]
@@ -215,19 +203,20 @@ class Run(Submission):
         return changed
 
     def _read_results(self, rows: list[JobRow]) -> bool:
-        todo = [r for r in rows if not self._w(r).ended]
+        # Jobs whose last look was cut short go last, so that one job's flood (bigger than
+        # the host keeps) does not hide the others.
+        todo = sorted((r for r in rows if not self._w(r).ended), key=lambda r: self._w(r).cut_looks)
         if not todo:
             return False
-        # The chunk being written and the next ones: a chunk that has a successor is complete,
-        # so all are read whole in this one call and the reader never goes back.
-        paths = [
-            f"{self.run_dir}/{results_relpath(r.idx, chunk)}"
-            for r in todo
-            for chunk in range(self._w(r).chunk, self._w(r).chunk + self._w(r).ahead + 1)
-        ]
-        before = {r.idx: self._w(r).chunk for r in todo}
+        # Each job's first unsealed chunk and the next ones, all in this one call (newest
+        # first: a flood in the open chunk does not hide what came after it). A chunk that
+        # was sealed (its next line matched) is never read again.
+        windows = {r.idx: self._w(r).window() for r in todo}
+        # Over, said the scheduler, before this look began: nothing more will be written.
+        over = {r.idx: self._w(r).state is not None for r in todo}
+        files = [(r.idx, chunk) for r in todo for chunk in reversed(windows[r.idx])]
         try:
-            result = self._user(["cat", *paths])
+            result = self._user(["cat", *cat_paths(self.run_dir, files)])
         except NOT_TRANSIENT:
             raise
         except HostError as exc:
@@ -235,59 +224,86 @@ class Run(Submission):
             self.warnings.append(f"cat: {exc}")
             log.warning("reading results failed (%s); will retry", exc)
             return False
-        if not result.ok:
-            other = [
-                line
-                for line in result.stderr.splitlines()
-                if line.strip() and "No such file or directory" not in line
-            ]
-            if other:
-                self.warnings.append(f"cat: {other[0]}")
+        other = [
+            line
+            for line in result.stderr.splitlines()
+            if line.strip() and "No such file or directory" not in line
+        ]
+        if other:
+            self._warn_once(f"cat: {other[0][:300]!r}")
+        pieces = split_output(result.stdout, len(files))
+        if pieces is None:
+            # What came back cannot be told apart file by file: nothing is read from it.
+            self._warn_once(
+                f"results of run {self.id} cannot be read: {self.run_dir}/results/sep "
+                "was changed or removed"
+            )
+            pieces = [UNREADABLE] * len(files)
         news = False
-        by_idx = {r.idx: r for r in todo}
-        for line in result.stdout.split("\n"):
-            if not line.endswith("}"):
-                continue  # empty, or a line still being written: read again next cycle
-            head = _RECORD_HEAD.match(line)
-            if head and int(head[1]) in self._read:
-                continue  # read in an earlier cycle: files are re-read whole, parse once
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            row = by_idx.get(rec.get("job", -1))
-            if row is None:
-                continue
+        fresh: list[TaskResult] = []
+        taken: set[int] = set()
+        at = 0
+        for row in todo:
             w = self._w(row)
-            if rec.get("event") == "end":
-                w.ended = True
-                w.interrupted = "interrupted" in rec
-                news = True
-            elif rec.get("event") == "next":
-                w.chunk = max(w.chunk, int(rec.get("chunk", 0)))
-            elif "i" in rec and rec["i"] not in w.records and rec["i"] in row.task_range:
-                w.records[rec["i"]] = rec
-                self._read.add(rec["i"])
-                news = True
-        for r in todo:
-            w = self._w(r)
-            w.behind = w.chunk == before[r.idx] + w.ahead + 1  # even the last one read was full
-            w.ahead = min(w.ahead * 2, 32) if w.behind else 1
-            w.final_look = w.final_look or (w.state is not None and not w.behind)
+            window = windows[row.idx]
+            mine = pieces[at : at + len(window)][::-1]  # back in chunk order
+            at += len(window)
+            was_ended = w.ended
+            for chunk, piece in zip(window, mine, strict=True):
+                if piece is UNREADABLE:
+                    continue
+                for rec in w.take(chunk, piece, over[row.idx]):
+                    news |= self._accept(row, w, rec, fresh, taken)
+            w.after_look(window, mine, over[row.idx])
+            news |= w.ended and not was_ended
+            self._report_bad_lines(row, w)
+        self._save(fresh)
         return news
+
+    def _accept(
+        self, row: JobRow, w: JobWatch, rec: TaskRecord, fresh: list[TaskResult], taken: set[int]
+    ) -> bool:
+        """A valid record: saved now if final, held if its cause waits for the scheduler.
+        The first valid record of a task wins; later ones are ignored."""
+        i = rec.i
+        if i in self._finished or i in w.held or i in taken:
+            return False
+        taken.add(i)
+        state = w.state.state if w.state else None
+        cause = rec.error.cause if rec.error else None
+        if rec.status == "ok" or cause not in ("signal", "interrupted") or state:
+            fresh.append(from_record(rec, row.job_id, state, self._log_path(i)))
+        else:
+            w.held[i] = rec
+        return True
+
+    def _log_path(self, index: int) -> str:
+        return f"{self.run_dir}/logs/{index}.log"
+
+    def _warn_once(self, note: str) -> None:
+        if note not in self.warnings:
+            self.warnings.append(note)
+            log.warning("%s", note)
+
+    def _report_bad_lines(self, row: JobRow, w: JobWatch) -> None:
+        if w.bad and row.idx not in self._bad_reported:
+            self._bad_reported.add(row.idx)
+            self._warn_once(
+                f"job {row.idx} ({row.job_id}) wrote lines that are not valid records: they "
+                f"are counted and skipped; the first, {w.first_bad}"
+            )
 
     def _settle(self, row: JobRow) -> bool:
         """Save what is final; close the job when nothing more can come."""
         w = self._w(row)
         state = w.state.state if w.state else None
         final: list[TaskResult] = []
-        for i, rec in w.records.items():
-            if i in self._finished:
-                continue
-            cause = (rec.get("error") or {}).get("cause")
-            if rec["status"] == "ok" or cause not in ("signal", "interrupted") or state:
-                final.append(from_record(rec, row.job_id, state))
-        self._save(final)
+        if state and w.held:  # the scheduler's word on why: held records are final now
+            final = [
+                from_record(rec, row.job_id, state, self._log_path(i)) for i, rec in w.held.items()
+            ]
+            w.held.clear()
+            self._save(final)
 
         clean_end = w.ended and not w.interrupted
         if not (clean_end or state):
@@ -296,22 +312,15 @@ class Run(Submission):
             # Over, says the scheduler, but its files were not read whole since: a failed or
             # lagging look must not turn records still in them into lost tasks.
             return bool(final)
+        if clean_end and not state and w.held:
+            return bool(final)  # killed by a signal: wait for the scheduler's word on why
         missing = [i for i in row.task_range if i not in self._finished]
-        if missing and clean_end and not state:
-            held = [i for i in missing if i in w.records]
-            if held:  # killed by a signal: wait for the scheduler's word on why
-                return bool(final)
         if missing:
             end_state = state or "UNKNOWN"
             reason = w.state.reason if w.state else ""
             output = self._job_output_tail(row)
             self._save(
-                [
-                    from_record(w.records[i], row.job_id, end_state)
-                    if i in w.records
-                    else without_record(i, row.job_id, end_state, reason, output)
-                    for i in missing
-                ]
+                without_record(i, row.job_id, end_state, reason, output, w.bad) for i in missing
             )
         self.store.update_job(
             self.id,
@@ -324,13 +333,18 @@ class Run(Submission):
             self._retry_submit_at = time.monotonic()  # a job left: room for a waiting one
         return True
 
-    def _job_output_tail(self, row: JobRow, limit: int = 2048) -> str:
+    def _job_output_tail(self, row: JobRow) -> str:
+        """The end of the job's own output (often what killed it): the host reads it all,
+        as `cat` is what the user's sudo rule allows, but keeps only its last bytes."""
+        path = f"{self.run_dir}/jobs/{row.idx}.out"
         try:
-            result = self._user(["cat", f"{self.run_dir}/jobs/{row.idx}.out"])
+            result = self._user(["cat", path], max_output=JOB_OUTPUT_TAIL, keep_tail=True)
         except HostError:
             return ""
-        text = result.stdout if result.ok else ""
-        return text[-limit:]
+        text = result.stdout[-JOB_OUTPUT_TAIL:] if result.ok else ""
+        if getattr(result, "stdout_dropped", 0) and "\n" in text:
+            text = text.split("\n", 1)[1]  # no half line at the top
+        return text
 
     def _save(self, results: Iterable[TaskResult]) -> None:
         fresh = [r for r in results if r.index not in self._finished]
@@ -369,12 +383,9 @@ class Run(Submission):
             with contextlib.suppress(HostError):
                 self._read_results([r for r in rows if r.job_id])
         for row in rows:
-            self._save(
-                from_record(rec, row.job_id, None)
-                for rec in self._w(row).records.values()
-                if rec["status"] != "interrupted"
-                and (rec.get("error") or {}).get("cause") != "signal"
-            )
+            # Tasks interrupted or killed by the cancel itself (held) are cancelled, as are
+            # those that never reported; those that ended before were saved by the last look.
+            self._w(row).held.clear()
             self._save(cancelled(i, row.job_id) for i in row.task_range)
             self.store.update_job(self.id, row.idx, state="CANCELLED", done=1)
         self.store.set_run_state(self.id, "cancelled")

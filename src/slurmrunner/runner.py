@@ -1,6 +1,7 @@
 """Orchestration: plan -> script -> submit -> watch -> collect. The only module that knows all.
 
-A Runner plans and stores runs for one user (config + Profile); run.Run watches one.
+A Runner plans and stores runs for one user (config + Profile); run.Run watches one. The admin's
+policy (policy.py) is checked first: a refused identity or resource creates nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .batching import PartitionShape
 from .config import SlurmRunnerConfig, TaskResources, merge_resources, parse_resources
 from .errors import ConfigError, TaskFailedError
 from .pacing import PollPolicy
+from .policy import check_run
 from .profiles import Profile
 from .results import TaskResult
 from .run import Progress, Run, RunStatus
@@ -66,7 +68,7 @@ class Runner:
         poll: PollPolicy | None = None,
     ) -> None:
         self.config = config or SlurmRunnerConfig()
-        self.profile = profile or Profile()
+        self.profile = profile or Profile(backend="local")
         self.store = store or Store()
         self.poll_policy = poll or PollPolicy()
 
@@ -75,12 +77,16 @@ class Runner:
         self,
         command: Sequence[str],
         inputs: Sequence[Any],
-        resources: TaskResources | None = None,
+        resources: Resources = None,
         call: str = "fractal",
         workdir: str | None = None,
         run_id: str = "RUNID",
     ) -> list[JobSpec]:
-        spec = RunSpec.new(self.config, self.profile, command, resources, call, workdir, run_id)
+        task_resources = _as_resources(resources)
+        spec = RunSpec.new(
+            self.config, self.profile, command, task_resources, call, workdir, run_id
+        )
+        check_run(self.config, self.profile, task_resources)
         return spec.jobs(list(enumerate(inputs)))
 
     def render(self, *args: Any, **kwargs: Any) -> list[str]:
@@ -115,11 +121,13 @@ class Runner:
         """
         run_id = new_run_id()
         inputs = _as_inputs(inputs)
+        task_resources = _as_resources(resources)
         spec = RunSpec.new(
-            self.config, self.profile, command, _as_resources(resources), call, workdir, run_id
+            self.config, self.profile, command, task_resources, call, workdir, run_id
         )
+        check_run(self.config, self.profile, task_resources)  # before anything exists
         tasks = list(enumerate(inputs))
-        backend = backend_for(self.profile)
+        backend = backend_for(self.profile, policy=self.config.impersonation)
         if self.profile.backend == "local":
             queue = getattr(backend.scheduler, "queue", None)
             spec = replace(spec, local_queue=str(queue.path) if queue else None)
@@ -197,4 +205,7 @@ class Runner:
         store = store or Store()
         run_id = store.resolve_run_id(run_id)
         spec = RunSpec.from_dict(store.run(run_id).spec)
+        # The run's backend, checked against the policy the run was submitted under, before
+        # Run (which takes the backend already built for its profile) runs anything.
+        backend_for(spec.profile, spec.local_queue, spec.config.impersonation)
         return Run(run_id, store, spec, poll or PollPolicy())

@@ -139,6 +139,7 @@ class RunSpec:
             call=self.call,
             workdir=self.workdir,
             python=self.config.python,
+            max_result_bytes=self.config.max_result_bytes,
             local=self.profile.backend == "local",
         )
 
@@ -161,7 +162,8 @@ class RunSpec:
         return cls(
             d["run_id"],
             SlurmRunnerConfig.model_validate(d["config"]),
-            Profile.model_validate(d["profile"]),
+            # Runs stored before Profiles had to name their backend were local ones.
+            Profile.model_validate({"backend": "local", **d["profile"]}),
             TaskResources.model_validate(d["resources"]),
             tuple(d["command"]),
             d["call"],

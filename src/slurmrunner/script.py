@@ -1,7 +1,7 @@
 """A job, as the text of its submission script. Pure and deterministic.
 
 Layout: shebang; the #SBATCH lines the runner manages; the config's `extra_lines` verbatim and
-in order (except that `#SBATCH` lines among them go before the first shell command: sbatch reads
+in order (except that directive lines among them go before the first shell command: sbatch reads
 no directive after one, and merged layers would otherwise lose a later layer's directives);
 `umask 077`; the user's exports; then the worker and its payload (the job's task list) as a
 here-document fed to python, so the script alone carries everything the job needs.
@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batching import BatchPlan
-from .config import JobResources, format_time_minutes
+from .config import JobResources
+from .directives import directive_kind
 from .errors import ConfigError
 from .quoting import directive_value, shell_word
+from .units import format_time_minutes
 
 _HEREDOC_END = "SLURMRUNNER_PAYLOAD_END"
 
@@ -36,6 +38,7 @@ class JobSpec:
     call: str = "fractal"
     workdir: str | None = None
     python: str = "python3"
+    max_result_bytes: int = 1024 * 1024  # a bigger result stays in the task's own file
     # Run by the local scheduler, which reads quoted paths: any folder name works there.
     local: bool = False
 
@@ -90,6 +93,9 @@ def sbatch_directives(job: JobSpec) -> list[str]:
     for key, path in (("output", job.output_file), ("chdir", job.run_dir)):
         value = shell_word(path) if job.local else directive_value(key, path)
         lines.append(f"#SBATCH --{key}={value}")
+    # sbatch translates #PBS/#BSUB lines after reading ours unless told not to; extra_lines
+    # may not hold any, and this keeps it so whatever the script holds.
+    lines.append("#SBATCH --ignore-pbs")
     return lines
 
 
@@ -106,6 +112,7 @@ def worker_payload(job: JobSpec) -> dict[str, Any]:
         "command": list(job.command),
         "call": job.call,
         "parallel": job.plan.parallel_tasks_per_job,
+        "max_result_bytes": job.max_result_bytes,
         "tasks": [{"i": i, "args": args} for i, args in job.tasks],
     }
 
@@ -114,8 +121,8 @@ def render_script(job: JobSpec, worker_source: str) -> str:
     """The whole script; `worker_source` is the text of slurmrunner/worker.py."""
     payload = json.dumps(worker_payload(job), sort_keys=True, separators=(",", ":"))
     extra = job.resources.extra_lines
-    directives = [line for line in extra if line.lstrip().startswith("#SBATCH")]
-    others = [line for line in extra if not line.lstrip().startswith("#SBATCH")]
+    directives = [line for line in extra if directive_kind(line)]
+    others = [line for line in extra if not directive_kind(line)]
     lines = [job.resources.shebang_line, *sbatch_directives(job), *directives, *others]
     lines.append("umask 077")
     for name, path in job.exports.items():

@@ -1,7 +1,8 @@
 """The SLURM client: sbatch/squeue/scancel argv and the parsing of their output.
 
-It runs commands on the hosts it is given and knows nothing of users: `submit_host` acts as
-the job's owner (sbatch, scancel), `query_host` asks the controller (squeue).
+It runs commands on the hosts it is given: `submit_host` acts as the job's owner (sbatch,
+scancel), `query_host` asks the controller (squeue). The only thing it knows of users is the
+owner's name, so that a job is found again by name *and* owner, never another user's job.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import time
 from typing import ClassVar
 
 from .batching import PartitionShape
-from .config import parse_time_minutes
+from .directives import pinned_options
 from .errors import HostError, SchedulerError, SubmitLimitError, TransientSchedulerError
 from .hosts.base import CommandResult, Host
 from .jobstate import GONE, JobState
+from .units import parse_time_minutes
 
 # stderr fragments meaning "the controller did not answer this time", not "the job is gone".
 _TRANSIENT = (
@@ -36,6 +38,7 @@ _TRANSIENT = (
 _SUBMIT_LIMIT = ("maxsubmitjob", "grpsubmitjob")
 _INVALID_JOB_ID = "invalid job id specified"
 _SQUEUE_FORMAT = "%i|%T|%r|%j"
+_FIND_FORMAT = "%i|%u|%j"
 _SINFO_FORMAT = "%P|%c|%m|%D|%t|%l"
 # Node states (sinfo's short names) in which a node takes no new job.
 _UNUSABLE = ("down", "drain", "drng", "fail", "maint", "inval", "unk", "futr", "pow_dn", "npc")
@@ -74,6 +77,16 @@ def parse_squeue(stdout: str) -> dict[str, tuple[JobState, str]]:
             # "CANCELLED by 1001" -> "CANCELLED"
             states[job_id] = (JobState(state.split()[0], reason), name)
     return states
+
+
+def parse_squeue_owners(stdout: str) -> dict[str, tuple[str, str]]:
+    """Lines `id|user|name` -> id -> (user, name)."""
+    found: dict[str, tuple[str, str]] = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) == 3:
+            found[parts[0]] = (parts[1], parts[2])
+    return found
 
 
 def parse_sinfo(stdout: str, partition: str | None) -> PartitionShape | None:
@@ -125,13 +138,17 @@ class SharedSqueue:
         self._answered_at = float("-inf")
 
     def query(self, selector: list[str]) -> dict[str, tuple[JobState, str]]:
-        argv = ["squeue", "--noheader", "--states=all", f"--format={_SQUEUE_FORMAT}", *selector]
+        return parse_squeue(self.ask(selector, _SQUEUE_FORMAT))
+
+    def ask(self, selector: list[str], fmt: str) -> str:
+        """squeue's answer for `selector` in `fmt` ('' when the one id asked for is gone)."""
+        argv = ["squeue", "--noheader", "--states=all", f"--format={fmt}", *selector]
         result = self.host.run(argv)
         if not result.ok:
             if _INVALID_JOB_ID in result.stderr.lower():
-                return {}  # the one requested id is not known any more
+                return ""  # the one requested id is not known any more
             _raise_for(result, "squeue failed")
-        return parse_squeue(result.stdout)
+        return result.stdout
 
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         with self._lock:
@@ -156,12 +173,16 @@ class SlurmScheduler:
         "shape": "sinfo",
     }
 
-    def __init__(self, submit_host: Host, query: SharedSqueue) -> None:
+    def __init__(self, submit_host: Host, query: SharedSqueue, user: str) -> None:
         self.submit_host = submit_host
         self.squeue = query
+        self.user = user  # whose jobs these are on the cluster
 
     def submit(self, script: str) -> str:
-        result = self.submit_host.run(["sbatch", "--parsable"], stdin=script)
+        # The script's managed options again on the command line, where they win over any
+        # #SBATCH line and over SBATCH_* variables of the submitting environment.
+        argv = ["sbatch", "--parsable", *pinned_options(script)]
+        result = self.submit_host.run(argv, stdin=script)
         if not result.ok:
             _raise_for(result, "sbatch refused the job")
         return parse_sbatch_parsable(result.stdout)
@@ -172,8 +193,13 @@ class SlurmScheduler:
     def find(self, job_names: list[str]) -> dict[str, str]:
         if not job_names:
             return {}
-        known = self.squeue.query([f"--name={','.join(job_names)}"])
-        return {name: job_id for job_id, (_, name) in known.items() if name in job_names}
+        selector = [f"--user={self.user}", f"--name={','.join(job_names)}"]
+        known = parse_squeue_owners(self.squeue.ask(selector, _FIND_FORMAT))
+        return {
+            name: job_id
+            for job_id, (user, name) in known.items()
+            if user == self.user and name in job_names
+        }
 
     def cancel(self, job_ids: list[str]) -> None:
         if not job_ids:

@@ -2,7 +2,9 @@
 
 A job row is written *before* sbatch (state `submitting`) and gets its id right after, so a
 process killed in between is found out on reattach and the job is looked up, not resubmitted
-blindly. Results are written once per task; a second writer cannot overwrite them.
+blindly. Results are written once per task; a second writer cannot overwrite them, and the
+count of each status moves in the same transaction, so a status costs the same at task 10 and
+at task 150,000.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ CREATE TABLE IF NOT EXISTS counters (
     run_id TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (run_id, name)
 );
 """
+# Finished tasks by status, kept with the results (see save_results); a store written by an
+# earlier version gets it counted once.
+_STATUS_COUNTS = (
+    "CREATE TABLE status_counts (run_id TEXT NOT NULL, status TEXT NOT NULL, "
+    "n INTEGER NOT NULL, PRIMARY KEY (run_id, status))",
+    "INSERT INTO status_counts SELECT run_id, json_extract(result, '$.status'), COUNT(*) "
+    "FROM tasks WHERE result IS NOT NULL GROUP BY 1, 2",
+)
 
 
 def default_store_path() -> Path:
@@ -125,6 +135,20 @@ class Store:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
             if "claim" not in columns:  # a store written by an earlier version
                 self._db.execute("ALTER TABLE jobs ADD COLUMN claim TEXT NOT NULL DEFAULT ''")
+            if not self._has_table("status_counts"):
+                self._db.execute("BEGIN IMMEDIATE")  # another process may be doing it too
+                try:
+                    if not self._has_table("status_counts"):
+                        for statement in _STATUS_COUNTS:
+                            self._db.execute(statement)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+    def _has_table(self, name: str) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self._db.execute(query, (name,)).fetchone() is not None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -246,11 +270,23 @@ class Store:
         return [json.loads(r[0]) for r in rows]
 
     def save_results(self, run_id: str, results: Iterable[TaskResult]) -> None:
+        """Each task's result, unless one was saved before (by any process); the status
+        counts move by what was saved, in the same transaction."""
+        by_status: dict[str, list[TaskResult]] = {}
+        for r in results:
+            by_status.setdefault(r.status, []).append(r)
         with self._tx() as db:
-            db.executemany(
-                "UPDATE tasks SET result = ? WHERE run_id = ? AND idx = ? AND result IS NULL",
-                ((json.dumps(r.to_dict()), run_id, r.index) for r in results),
-            )
+            for status, group in by_status.items():
+                cur = db.executemany(
+                    "UPDATE tasks SET result = ? WHERE run_id = ? AND idx = ? AND result IS NULL",
+                    ((json.dumps(r.to_dict()), run_id, r.index) for r in group),
+                )
+                if cur.rowcount > 0:
+                    db.execute(
+                        "INSERT INTO status_counts VALUES (?, ?, ?) ON CONFLICT (run_id, status) "
+                        "DO UPDATE SET n = n + excluded.n",
+                        (run_id, status, cur.rowcount),
+                    )
 
     def results(self, run_id: str) -> dict[int, TaskResult]:
         with self._lock:
@@ -261,12 +297,10 @@ class Store:
         return {r[0]: TaskResult.from_dict(json.loads(r[1])) for r in rows}
 
     def status_counts(self, run_id: str) -> Counter[str]:
-        """Finished tasks by status (ok / failed / cancelled), counted inside SQLite."""
+        """Finished tasks by status (ok / failed / cancelled), as kept by save_results."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT json_extract(result, '$.status'), COUNT(*) FROM tasks "
-                "WHERE run_id = ? AND result IS NOT NULL GROUP BY 1",
-                (run_id,),
+                "SELECT status, n FROM status_counts WHERE run_id = ? AND n > 0", (run_id,)
             ).fetchall()
         return Counter(dict(rows))
 

@@ -1,5 +1,11 @@
 """A run's submission: the run folder, then each job claimed in the store before its sbatch,
-so no job is ever submitted twice, even by two processes reattaching at the same moment."""
+so no job is ever submitted twice, even by two processes reattaching at the same moment.
+
+The run folder is made fresh and private (refused if it exists), in folders that no other
+account may write: whoever can rename an entry of a parent could swap the run's files for links
+to files of the account the job runs as. The worker then opens everything in it relative to
+the folder itself, never following a link.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import Any
 
 from .backends import Backend
 from .errors import (
+    ConfigError,
     HostError,
     ImpersonationError,
     SchedulerError,
@@ -55,25 +62,52 @@ class Submission:
 
     def start(self) -> None:
         """Create the run folder as the user and submit every job not yet submitted."""
-        base = self.spec.profile.resolved_project_dir()
-        dirs = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs", self.run_dir]
-        subdirs = [f"{self.run_dir}/{sub}" for sub in ("jobs", "logs", "tasks", "results")]
-        self._user(["mkdir", "-p", "-m", "700", *dirs, *subdirs], check=True)
+        self._make_run_folder()
         self._submit_missing()
         self.store.set_run_state(self.id, "running")
         self._flush_counters()
 
-    def _user(self, argv: list[str], check: bool = False) -> Any:
-        """An idempotent command as the user (mkdir -p, cat): run again if the connection
-        dropped while it ran."""
+    def _make_run_folder(self) -> None:
+        base = self.spec.profile.resolved_project_dir()
+        parents = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs"]
+        self._user(["mkdir", "-p", "-m", "700", *parents], check=True)
+        # No -p: refused if it exists (a run id is new, so only a plant would be there), and
+        # not run again after a dropped connection, when "exists" could be our own doing.
+        try:
+            made = self._user(["mkdir", "-m", "700", self.run_dir], idempotent=False)
+        except HostError as exc:
+            if not getattr(exc, "maybe_ran", False):
+                raise
+            made = None  # the connection dropped while it ran: it may be made, by us
+        if made is None:
+            # Parents no other account may write (checked below) leave only the user able to
+            # have made it, so an empty folder here is that very mkdir's.
+            self._user(["mkdir", "-p", "-m", "700", self.run_dir], check=True)
+            if self._user(["ls", "-A", self.run_dir], check=True).stdout.strip():
+                raise HostError(f"the run folder {self.run_dir} is not empty: refusing it")
+        elif not made.ok:
+            raise HostError(
+                f"cannot create the run folder {self.run_dir}: {made.stderr.strip()[:300]} "
+                "(it must not exist before the run)"
+            )
+        listing = self._user(["ls", "-ldnL", *parents, self.run_dir], check=True)
+        check_folders(listing.stdout, parents, self.run_dir)
+        subdirs = [f"{self.run_dir}/{sub}" for sub in ("jobs", "logs", "tasks", "results")]
+        self._user(["mkdir", "-p", "-m", "700", *subdirs], check=True)
+
+    def _user(
+        self, argv: list[str], check: bool = False, idempotent: bool = True, **host_kw: Any
+    ) -> Any:
+        """A command as the user (mkdir -p, cat); an idempotent one runs again if the
+        connection dropped while it ran. `host_kw`: max_output, keep_tail (see hosts.base)."""
         delays = [0.5, 1.0, 2.0]
         while True:
             self.calls[argv[0]] += 1
             try:
-                result = self.backend.user_host.run(argv)
+                result = self.backend.user_host.run(argv, **host_kw)
                 break
             except HostError as exc:
-                if not getattr(exc, "maybe_ran", False) or not delays:
+                if not idempotent or not getattr(exc, "maybe_ran", False) or not delays:
                     raise
                 log.warning("%s interrupted (%s); running it again", argv[0], exc)
                 time.sleep(delays.pop(0))
@@ -171,3 +205,35 @@ class Submission:
         ]
         self._save(results)
         self.store.update_job(self.id, row.idx, state="FAILED", done=1)
+
+
+def check_folders(listing: str, parents: list[str], run_dir: str) -> None:
+    """Refuse parents of the run folder that another account may change: not a folder,
+    writable by group or others without the sticky bit, or owned by neither the user (the run
+    folder's owner, just made) nor root. `listing` is `ls -ldnL PARENTS... RUN_DIR`."""
+    seen: dict[str, tuple[str, str]] = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        for path in [*parents, run_dir]:
+            # Matched by the name at the end: the date before it takes 2 or 3 fields by locale.
+            if len(fields) > 3 and line.endswith(" " + path):
+                seen[path] = (fields[0], fields[2])  # mode, links, uid, ...
+    if run_dir not in seen or any(p not in seen for p in parents):
+        raise HostError(f"cannot check the folders of {run_dir}: ls said {listing[:300]!r}")
+    user = seen[run_dir][1]
+    for path in parents:
+        mode, owner = seen[path]
+        sticky = mode[9:10] in ("t", "T")
+        if not mode.startswith("d"):
+            problem = "is not a folder"
+        elif (mode[5] == "w" or mode[8] == "w") and not sticky:
+            problem = f"may be written by other users ({mode[:10]})"
+        elif owner not in (user, "0"):
+            problem = f"belongs to another account (uid {owner})"
+        else:
+            continue
+        raise ConfigError(
+            f"project_dir: {path} {problem}: another account could replace a run's files "
+            f"there with links to yours. Make it yours and private (chmod go-w {path}), or "
+            "set project_dir to a folder of your own"
+        )

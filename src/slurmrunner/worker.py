@@ -2,24 +2,41 @@
 
 It is shipped inside the job script (the runner prepends `_PAYLOAD = '<json>'`), runs the job's
 tasks as child processes with at most `parallel` at once, and appends one JSON line per
-finished task to the job's results file. A `start` line opens the file and an `end` line closes
-it, so the reader knows a job is complete without asking the scheduler.
+finished task to the job's results chunk (records.py has the lines and the rules the server
+reads them by). A `start` line opens the first chunk, a `next` line closes each full one (full:
+`chunk_records` records or `chunk_bytes` bytes) and an `end` line closes the last, both with
+their counts, so the reader knows a job is complete without asking the scheduler.
+
+Every file is opened relative to a descriptor of the run folder, never through a symbolic
+link, and created exclusively: nothing planted in the folder is written through. A result over
+`max_result_bytes` stays in the task's own file, and its record says so.
 
 On SIGTERM/SIGINT (scancel, time limit) every unfinished task is recorded as `interrupted`
 before the worker exits; the runner turns that into the scheduler's real cause.
 """
 
+import binascii
 import collections
 import contextlib
 import json
+import math
 import os
 import signal
+import stat
 import sys
 import time
 
 LOG_TAIL_BYTES = 2048
 STOP_GRACE_S = 5.0  # after SIGTERM, a task has this long to stop before SIGKILL
+MAX_MESSAGE = 4000  # records.MAX_TEXT allows 4096 characters
+RESULT_MAX_DEPTH = 60  # records.MAX_DEPTH (64) counts the record around the result too
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+SEPARATOR = "sep"  # in results/: chunks.SEPARATOR_RELPATH
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # O_NONBLOCK: a FIFO cannot block us
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 # Tasks start through os.posix_spawn where the platform can put them in a new session, else
 # through fork + exec (the worker reaps with wait4 either way, for each task's peak memory).
 _POSIX_SPAWN = hasattr(os, "posix_spawn")
@@ -33,6 +50,12 @@ class _Interrupted(Exception):
 
 class _LaunchError(Exception):
     pass
+
+
+class _BadResult(Exception):
+    def __init__(self, cause, message):
+        Exception.__init__(self, message)
+        self.cause = cause
 
 
 def _on_signal(signum, frame):
@@ -80,26 +103,141 @@ def _oom_kills(files):
     return total
 
 
-def _log_tail(path):
+def _signal_name(signum):
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - LOG_TAIL_BYTES))
-            data = fh.read()
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+def _capped(text):
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _subdir(parent_fd, name):
+    """A folder in the run folder, made if missing; refused if it is a link."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    return os.open(name, _DIR, dir_fd=parent_fd)
+
+
+def _create(dir_fd, name):
+    """A new private file: whatever had its name (an earlier attempt's, a link) goes first."""
+    try:
+        return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        os.unlink(name, dir_fd=dir_fd)
+        return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
+
+
+def _open_regular(dir_fd, name):
+    """A file to read, or OSError: never through a link, never a FIFO or a device."""
+    fd = os.open(name, _READ, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError("not a regular file")
+    return fd, st.st_size
+
+
+def _read_all(fd, limit):
+    parts, size = [], 0
+    while size <= limit:
+        data = os.read(fd, 1 << 20)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts)
+
+
+def _log_tail(dir_fd, name):
+    try:
+        fd, size = _open_regular(dir_fd, name)
     except OSError:
         return ""
+    try:
+        os.lseek(fd, max(0, size - LOG_TAIL_BYTES), os.SEEK_SET)
+        data = os.read(fd, LOG_TAIL_BYTES)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     text = data.decode("utf-8", "replace")
     if size > LOG_TAIL_BYTES and "\n" in text:
         text = text.split("\n", 1)[1]
     return text
 
 
-def _signal_name(signum):
+def _finite(text):
+    value = float(text)
+    if math.isinf(value) or math.isnan(value):
+        raise ValueError("number %s is not finite" % text[:20])
+    return value
+
+
+def _no_constant(name):
+    raise ValueError("%s is not a number" % name)
+
+
+def _depth(value):
+    """How deep JSON data nests (walked without recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            todo.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _load_result(dir_fd, name, path, limit):
+    """A task's --out-json (None when it wrote none), or _BadResult."""
     try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "signal %d" % signum
+        fd, size = _open_regular(dir_fd, name)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _BadResult("bad_output", "cannot read --out-json: %s" % exc) from None
+    try:
+        data = b"" if size > limit else _read_all(fd, limit)
+    finally:
+        os.close(fd)
+    try:
+        value = None
+        if max(size, len(data)) <= limit:
+            value = json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+            size = len(json.dumps(value, separators=(",", ":")))  # as it travels, escaped
+    except (ValueError, RecursionError) as exc:
+        raise _BadResult("bad_output", "--out-json is not valid JSON: %s" % exc) from None
+    if max(size, len(data)) > limit:
+        message = "the result is %d bytes, over max_result_bytes=%d: it stays in %s"
+        raise _BadResult("result_too_large", message % (max(size, len(data)), limit, path))
+    if _depth(value) > RESULT_MAX_DEPTH:
+        raise _BadResult("bad_output", "--out-json nests deeper than %d" % RESULT_MAX_DEPTH)
+    return value
+
+
+def _count_records(data, job, indices):
+    """Lines of `data` the server counts as this job's task records (for a requeued job)."""
+    n = 0
+    for line in data.decode("utf-8", "replace").split("\n"):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        n += (
+            isinstance(rec, dict)
+            and "event" not in rec
+            and type(rec.get("job")) is int
+            and rec["job"] == job
+            and type(rec.get("i")) is int
+            and rec["i"] in indices
+            and rec.get("status") in ("ok", "failed", "interrupted")
+        )
+    return n
 
 
 class Worker(object):
@@ -109,23 +247,33 @@ class Worker(object):
         self.job = payload["job_index"]
         self.parallel = max(1, int(payload["parallel"]))
         self.pending = collections.deque(payload["tasks"])
-        self.running = {}  # pid -> (task, started, log path, out path)
+        self.indices = set(task["i"] for task in payload["tasks"])
+        self.running = {}  # pid -> (task, started)
         self.done = set()
         self.cgroup_files = _memory_cgroup_files()
         self.oom_seen = _oom_kills(self.cgroup_files)
+        self.max_result = int(payload.get("max_result_bytes") or DEFAULT_MAX_RESULT_BYTES)
+        # The runner made the run folder fresh, private and not a link; hold it open and
+        # open everything in it by name from here, never following a link.
+        self.run_fd = os.open(self.run_dir, _DIR)
+        self.fds = {}
         for sub in ("logs", "tasks", "results"):
             # Jobs of one run start together: another worker may create it first.
-            os.makedirs(os.path.join(self.run_dir, sub), 0o700, exist_ok=True)
-        # Results go to numbered chunks of `chunk_records` task records, so the reader re-reads
-        # at most one or two small files per look however long the job. A requeued job goes
-        # on appending to the last chunk.
-        self.results = os.path.join(self.run_dir, payload["results"])
+            self.fds[sub] = _subdir(self.run_fd, sub)
+        # Results go to numbered chunks of at most `chunk_records` records or `chunk_bytes`
+        # bytes, so the reader re-reads at most one or two small files per look however long
+        # the job. A requeued job goes on appending to the last chunk, counting what is there.
+        results = payload["results"]  # results/K.jsonl
+        self.stem = os.path.basename(results)[: -len(".jsonl")]
         self.chunk_records = max(1, int(payload.get("chunk_records") or 1000))
+        self.chunk_bytes = max(1, int(payload.get("chunk_bytes") or DEFAULT_CHUNK_BYTES))
+        self._write_separator()
         self.chunk = 0
-        while os.path.exists(self.chunk_path(self.chunk + 1)):
+        while self._exists(self.chunk_name(self.chunk + 1)):
             self.chunk += 1
-        self.in_chunk = 0
-        self.out = self.open_chunk()
+        self.in_chunk, self.total = self._count_earlier_records()
+        self.out = self.out_size = None
+        self.open_chunk()
         self.devnull = os.open(os.devnull, os.O_RDONLY)
         self.env = dict(os.environ)
         # Every task of a job shares one working directory, and posix_spawn cannot change it
@@ -133,54 +281,124 @@ class Worker(object):
         self.workdir = payload.get("workdir") or self.run_dir
         self.workdir_error = None
         try:
-            os.chdir(self.workdir)
+            if payload.get("workdir"):
+                os.chdir(self.workdir)
+            else:
+                os.fchdir(self.run_fd)
         except OSError as exc:
             self.workdir_error = exc
 
-    def chunk_path(self, chunk):
-        if chunk == 0:
-            return self.results
-        stem = self.results[: -len(".jsonl")] if self.results.endswith(".jsonl") else self.results
-        return "%s.%d.jsonl" % (stem, chunk)
+    def _exists(self, name):
+        try:
+            os.stat(name, dir_fd=self.fds["results"], follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _write_separator(self):
+        """The line the reader cuts its `cat` output with: random, so no task output can
+        pass for it. Written aside and linked into place, so it is never seen half written."""
+        results = self.fds["results"]
+        if self._exists(SEPARATOR):
+            return
+        token = binascii.hexlify(os.urandom(16)).decode()
+        tmp = "%s.%s" % (SEPARATOR, token)
+        fd = os.open(tmp, _CREATE, 0o600, dir_fd=results)
+        try:
+            os.write(fd, ("SLURMRUNNER-SEPARATOR-%s\n" % token).encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, SEPARATOR, src_dir_fd=results, dst_dir_fd=results)
+        except FileExistsError:
+            pass  # another job of the run was first
+        finally:
+            os.unlink(tmp, dir_fd=results)
+
+    def chunk_name(self, chunk):
+        return "%s.jsonl" % self.stem if chunk == 0 else "%s.%d.jsonl" % (self.stem, chunk)
+
+    def _count_earlier_records(self):
+        """Task records already in this job's chunks (a requeued job): (last chunk, all)."""
+        counts = []
+        for chunk in range(self.chunk + 1):
+            try:
+                fd, _ = _open_regular(self.fds["results"], self.chunk_name(chunk))
+            except OSError:
+                counts.append(0)
+                continue
+            with contextlib.closing(os.fdopen(fd, "rb")) as fh:
+                counts.append(_count_records(fh.read(), self.job, self.indices))
+        return counts[-1], sum(counts)
 
     def open_chunk(self):
-        return os.open(self.chunk_path(self.chunk), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Appended to by this worker only (O_RDWR to look at the last byte, see emit).
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        self.out = os.open(self.chunk_name(self.chunk), flags, 0o600, dir_fd=self.fds["results"])
+        st = os.fstat(self.out)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("%s is not a regular file" % self.chunk_name(self.chunk))
+        self.out_size = st.st_size
 
     def emit(self, record):
-        os.write(self.out, (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+        size = os.fstat(self.out).st_size
+        if "i" in record and size >= self.chunk_bytes:
+            # A task filled the chunk with lines of its own, maybe more than a reader keeps:
+            # this record goes to a fresh chunk, which the reader reads before the full one.
+            self.next_chunk()
+            size = self.out_size
+        if size != self.out_size and size and os.pread(self.out, 1, size - 1) != b"\n":
+            # A task appended a line of its own and did not end it: end it, or this record
+            # would be glued to it and lost with it.
+            data = b"\n" + data
+        os.write(self.out, data)
+        self.out_size = size + len(data)
         if "i" not in record:
             return
         self.in_chunk += 1
-        if self.in_chunk >= self.chunk_records and (self.pending or self.running):
-            # the reader moves on when it sees this line; it never needs this file again
-            self.emit({"event": "next", "job": self.job, "chunk": self.chunk + 1})
-            os.close(self.out)
-            self.chunk += 1
-            self.in_chunk = 0
-            self.out = self.open_chunk()
+        self.total += 1
+        full = self.in_chunk >= self.chunk_records or self.out_size >= self.chunk_bytes
+        if full and (self.pending or self.running):
+            self.next_chunk()
+
+    def next_chunk(self):
+        # the reader moves on when it sees this line; it never needs this file again
+        line = {"event": "next", "job": self.job, "chunk": self.chunk + 1}
+        self.emit(dict(line, records=self.in_chunk))
+        os.close(self.out)
+        self.chunk += 1
+        self.in_chunk = 0
+        self.open_chunk()
+
+    def end_line(self, **extra):
+        line = {"event": "end", "job": self.job, "chunk": self.chunk, "records": self.in_chunk}
+        line.update(tasks=self.total, t=time.time(), **extra)
+        return line
 
     def launch(self, task):
         i = task["i"]
-        log = os.path.join(self.run_dir, "logs", "%d.log" % i)
-        args = os.path.join(self.run_dir, "tasks", "%d.args.json" % i)
-        out = os.path.join(self.run_dir, "tasks", "%d.out.json" % i)
-        fd = os.open(args, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tasks_fd = self.fds["tasks"]
+        log, args, out = "%d.log" % i, "%d.args.json" % i, "%d.out.json" % i
+        args_path = os.path.join(self.run_dir, "tasks", args)
+        out_path = os.path.join(self.run_dir, "tasks", out)
+        fd = _create(tasks_fd, args)
         try:
             os.write(fd, json.dumps(task["args"]).encode("utf-8"))
         finally:
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(out)
+        with contextlib.suppress(OSError):  # an earlier attempt's result is not this one's
+            os.unlink(out, dir_fd=tasks_fd)
         cmd = list(self.p["command"])
         if self.p.get("call", "fractal") == "fractal":
-            cmd += ["--args-json", args, "--out-json", out]
+            cmd += ["--args-json", args_path, "--out-json", out_path]
         env = dict(
             self.env,
             SLURMRUNNER_TASK_INDEX=str(i),
-            SLURMRUNNER_ARGS_JSON=args,
-            SLURMRUNNER_OUT_JSON=out,
+            SLURMRUNNER_ARGS_JSON=args_path,
+            SLURMRUNNER_OUT_JSON=out_path,
         )
-        logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        logfd = _create(self.fds["logs"], log)
         started = time.time()
         try:
             if self.workdir_error is not None:
@@ -189,7 +407,7 @@ class Worker(object):
                     % (self.workdir, self.workdir_error.strerror)
                 )
             if self.p.get("call") == "stdin":
-                stdin = os.open(args, os.O_RDONLY)
+                stdin = os.open(args, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=tasks_fd)
                 try:
                     pid = self._spawn(cmd, stdin, logfd, env)
                 finally:
@@ -203,10 +421,10 @@ class Worker(object):
                 message = str(exc)
             os.write(logfd, (message + "\n").encode())
             os.close(logfd)
-            self.finish(task, started, log, None, 127, None, None, "launch_error", message)
+            self.finish(task, started, False, 127, None, None, "launch_error", message)
             return
         os.close(logfd)
-        self.running[pid] = (task, started, log, out)
+        self.running[pid] = (task, started)
 
     def _spawn(self, cmd, stdin, logfd, env):
         global _POSIX_SPAWN
@@ -260,7 +478,7 @@ class Worker(object):
             raise OSError(errno_, os.strerror(errno_))
         return pid
 
-    def finish(self, task, started, log, out, exit_code, sig, rusage, cause=None, message=None):
+    def finish(self, task, started, ran, exit_code, sig, rusage, cause=None, message=None):
         i = task["i"]
         record = {
             "i": i,
@@ -270,7 +488,7 @@ class Worker(object):
             "signal": sig,
             "duration_s": round(time.time() - started, 3),
             "max_rss_mb": round(rusage.ru_maxrss / 1024.0, 1) if rusage else None,
-            "log": log,
+            "log": os.path.join(self.run_dir, "logs", "%d.log" % i),
         }
         if cause is None and sig is not None:
             cause = "signal"
@@ -283,17 +501,22 @@ class Worker(object):
         elif cause is None and exit_code != 0:
             cause, message = "exit_code", "exited with status %d" % exit_code
         result = None
-        if cause is None and out and os.path.exists(out):
+        if cause is None and ran:
+            out = "%d.out.json" % i
+            path = os.path.join(self.run_dir, "tasks", out)
             try:
-                with open(out) as fh:
-                    result = json.load(fh)
-            except (OSError, ValueError) as exc:
-                cause, message = "bad_output", "--out-json is not valid JSON: %s" % exc
+                result = _load_result(self.fds["tasks"], out, path, self.max_result)
+            except _BadResult as exc:
+                cause, message = exc.cause, str(exc)
         if cause is None:
             record["result"] = result
         else:
             record["status"] = "failed"
-            record["error"] = {"cause": cause, "message": message, "log_tail": _log_tail(log)}
+            record["error"] = {
+                "cause": cause,
+                "message": _capped(message),
+                "log_tail": _log_tail(self.fds["logs"], "%d.log" % i),
+            }
         self.emit(record)
         self.done.add(i)
 
@@ -308,11 +531,11 @@ class Worker(object):
         entry = self.running.pop(pid, None)
         if entry is None:
             return
-        task, started, log, out = entry
+        task, started = entry
         if os.WIFSIGNALED(status):
-            self.finish(task, started, log, out, None, os.WTERMSIG(status), rusage)
+            self.finish(task, started, True, None, os.WTERMSIG(status), rusage)
         else:
-            self.finish(task, started, log, out, os.WEXITSTATUS(status), None, rusage)
+            self.finish(task, started, True, os.WEXITSTATUS(status), None, rusage)
 
     def interrupt(self, signum):
         for pid in list(self.running):
@@ -331,7 +554,7 @@ class Worker(object):
                     "error": {"cause": "interrupted", "message": "job received " + name},
                 }
             )
-        self.emit({"event": "end", "job": self.job, "interrupted": name, "t": time.time()})
+        self.emit(self.end_line(interrupted=name))
         self.stop_children(STOP_GRACE_S)
 
     def stop_children(self, grace_s):
@@ -359,8 +582,7 @@ class Worker(object):
     def main(self):
         # slurmstepd creates the job's output file with the submitter's umask (sshd's 022):
         # the run folder is private already, but leave nothing group- or world-readable.
-        if self.p.get("output") and os.path.exists(self.p["output"]):
-            os.chmod(self.p["output"], 0o600)
+        self._private_output()
         self.emit(
             {
                 "event": "start",
@@ -382,8 +604,24 @@ class Worker(object):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.interrupt(exc.signum)
             return 128 + exc.signum
-        self.emit({"event": "end", "job": self.job, "t": time.time()})
+        self.emit(self.end_line())
         return 0
+
+    def _private_output(self):
+        output = self.p.get("output") or ""
+        rel = os.path.relpath(output, self.run_dir).split(os.sep) if output else []
+        if len(rel) != 2 or rel[0] == "..":
+            return  # the job's output is always <run_dir>/jobs/K.out
+        try:
+            jobs = os.open(rel[0], _DIR, dir_fd=self.run_fd)
+            try:
+                fd, _ = _open_regular(jobs, rel[1])
+                os.fchmod(fd, 0o600)
+                os.close(fd)
+            finally:
+                os.close(jobs)
+        except OSError:
+            pass
 
 
 def main(payload):

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,12 +177,104 @@ def parse_results(text: str) -> list[dict[str, Any]]:
 
 
 def squeue(*args: str) -> str:
-    return subprocess.run(
-        ["squeue", "--noheader", "--states=all", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    """squeue as root. A failing squeue (e.g. "Socket timed out" while the controller is busy
+    on a loaded machine) is asked again for up to 30 s: it is the rig answering late, not an
+    outcome of the test."""
+    argv = ["squeue", "--noheader", "--states=all", *args]
+    deadline = time.monotonic() + 30
+    while True:
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return proc.stdout
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{shlex.join(argv)} failed: {proc.stderr}")
+        time.sleep(0.5)
+
+
+def job_ids() -> set[int]:
+    """Every job SLURM still lists (finished ones stay for MinJobAge, then leave the list)."""
+    return {int(word) for word in squeue("--format=%i").split()}
+
+
+def jobs_since(before: set[int]) -> set[int]:
+    """Jobs submitted since `before` was taken: ids SLURM lists now that it did not then.
+    (Comparing whole listings would also see old jobs age out, which is no submission.)"""
+    return job_ids() - before
+
+
+def run_jobs(run_id: str) -> dict[str, str]:
+    """The SLURM state of each job of a run, by job name (`sr-<run id>-<k>`)."""
+    jobs = {}
+    for line in squeue("--format=%j %T").splitlines():
+        name, _, state = line.partition(" ")
+        if name.startswith(f"sr-{run_id}-"):
+            jobs[name] = state.strip()
+    return jobs
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout`
+    seconds naming `what`. Tests synchronise on conditions, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} ({value!r})")
+        time.sleep(step)
+
+
+class Running:
+    """A CLI process whose stdout and stderr are read by threads as they come, so the test
+    can look at its progress lines while it runs (and a full pipe never stalls it)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, into), daemon=True)
+            for stream, into in ((proc.stdout, self.out), (proc.stderr, self.err))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def ended(self) -> None:
+        """Fail, with what it said, if the process has already exited (for wait_for)."""
+        if self.proc.poll() is not None:
+            for reader in self._readers:
+                reader.join(10)
+            raise AssertionError(
+                f"the process ended early (exit {self.proc.returncode}):\n{''.join(self.err)}"
+            )
+
+    def stderr_match(self, pattern: str) -> re.Match[str] | None:
+        for line in list(self.err):
+            if m := re.search(pattern, line):
+                return m
+        return None
+
+    def wait(self, timeout: float) -> tuple[int, str, str]:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"timed out after {timeout}s:\n{''.join(self.err)}") from None
+        for reader in self._readers:
+            reader.join(30)
+        return self.proc.returncode, "".join(self.out), "".join(self.err)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,17 @@ import signal
 import subprocess
 import time
 
-from .conftest import CONFIG, REPO, TASK, Srv, parse_results, profiles, squeue
+from .conftest import (
+    CONFIG,
+    REPO,
+    TASK,
+    Srv,
+    parse_results,
+    profiles,
+    run_jobs,
+    squeue,
+    wait_for,
+)
 
 
 def test_job_past_its_time_limit_reports_time_limit(srv: Srv) -> None:
@@ -33,12 +43,19 @@ def test_controller_down_for_15s_loses_nothing(srv: Srv) -> None:
     inputs = [{"x": i, "sleep": 2} for i in range(16)]
     runs = [srv.submit(profile, inputs) for profile in profiles().values()]
     waiters = [srv.popen("wait", run_id) for run_id in runs]
-    time.sleep(3)
+    # The outage starts once a job of the runs is running (its tasks end while the
+    # controller is away), not after a guessed delay.
+    wait_for(
+        lambda: any("RUNNING" in run_jobs(run_id).values() for run_id in runs),
+        120,
+        "a job of the runs to run",
+    )
     subprocess.run([str(REPO / "scripts/cluster-down"), "slurmctld"], check=True)
     try:
-        time.sleep(15)
+        time.sleep(15)  # the outage itself: what the test is about, not a synchronisation
     finally:
-        subprocess.run([str(REPO / "scripts/cluster-up")], check=True, capture_output=True)
+        up = subprocess.run([str(REPO / "scripts/cluster-up")], capture_output=True, text=True)
+        assert up.returncode == 0, f"scripts/cluster-up failed:\n{up.stderr}"
     for waiter in waiters:
         out, err = waiter.communicate(timeout=300)
         assert waiter.returncode == 0, err
@@ -55,7 +72,14 @@ def test_runner_killed_mid_run_then_wait_finds_everything(srv: Srv, profile: dic
     assert first.startswith("run "), first
     run_id = first.split()[1].rstrip(":")
     n_jobs = int(first.split(" in ")[1].split()[0])
-    time.sleep(2)
+
+    # Killed mid-run: once every job of the run is submitted and one runs (not after a
+    # guessed delay, which on a loaded machine could land anywhere in the submission).
+    def submitted_and_running() -> dict[str, str] | None:
+        jobs = run_jobs(run_id)
+        return jobs if len(jobs) == n_jobs and "RUNNING" in jobs.values() else None
+
+    wait_for(submitted_and_running, 120, f"the {n_jobs} jobs of run {run_id}, one running")
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
     waited = srv("wait", run_id)

@@ -73,7 +73,7 @@ def load_config(given: Path | None) -> tuple[SlurmRunnerConfig, Source]:
 def load_profile(given: Path | None) -> tuple[Profile, Source]:
     source = locate("profile", given)
     if source.path is None:
-        return Profile(), source
+        return Profile(backend="local"), source
     try:
         return load_profile_file(source.path), source
     except ConfigError as exc:

@@ -231,6 +231,8 @@ def wait(
     attached = attach(run_id, store)
     with _on_signal(cancel=False) as driving:
         driving.run = attached
+        done = sum(attached.store.status_counts(attached.id).values())
+        say(escape(f"watching run {attached.id}: {done}/{attached.n_tasks} tasks finished so far"))
         status = _drive(attached, max_failures)
     _finish(attached, status, results, t0)
 

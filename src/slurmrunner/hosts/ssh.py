@@ -21,41 +21,51 @@ for the tagged job) before running it again. Any other HostError means it did no
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import select
-import socket
-import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
-from ..errors import (
-    HostError,
-    SSHAuthError,
-    SSHConnectError,
-    SSHError,
-    SSHHostKeyError,
-    SSHKeyError,
-)
+from ..errors import HostError, ImpersonationError, SSHConnectError, SSHError, SSHKeyError
 from ..quoting import posix_username, shell_command
-from .base import CallCounter, CommandResult
+from .base import DEFAULT_MAX_OUTPUT, CallCounter, CommandResult, OutputBuffer
+from .ssh_connect import SSHTarget, load_private_key, open_transport
+from .ssh_pool import (
+    RECONNECT_DELAYS,
+    ConnectionPool,
+    PooledConnection,
+    close_all,
+    connection_pool,
+)
+
+__all__ = [
+    "RECONNECT_DELAYS",
+    "ConnectionPool",
+    "PooledConnection",
+    "SSHCommandInterrupted",
+    "SSHCommandTimeout",
+    "SSHHost",
+    "SSHTarget",
+    "close_all",
+    "connection_pool",
+    "load_private_key",
+    "maybe_ran",
+    "open_transport",
+]
 
 # paramiko's transport thread logs every failure it raises to us as well: keep it off stderr
 # unless the application configures logging.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-#: Waits between reconnection attempts after an established connection dropped.
-RECONNECT_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 _READ_CHUNK = 1 << 16
 
 
@@ -77,433 +87,6 @@ class SSHCommandTimeout(SSHCommandInterrupted):
 def maybe_ran(exc: BaseException) -> bool:
     """True when a failed `run` may nevertheless have run the command on the host."""
     return bool(getattr(exc, "maybe_ran", False))
-
-
-# --------------------------------------------------------------------------- key, host keys
-
-
-def load_private_key(path: str) -> paramiko.PKey:
-    """The private key at `path` (ed25519, ecdsa or rsa, unencrypted), checked like OpenSSH:
-    refused when group or others have any permission on it. Raises SSHKeyError naming path."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SSHKeyError(f"SSH private key {path} does not exist") from None
-    except OSError as exc:
-        raise SSHKeyError(f"cannot read SSH private key {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SSHKeyError(f"SSH private key {path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise SSHKeyError(
-            f"SSH private key {path} has permissions {mode:04o}: it must not be accessible by "
-            f"group or others (like OpenSSH, slurmrunner refuses it); run: chmod 600 {path}"
-        )
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError as exc:
-        raise SSHKeyError(f"cannot read SSH private key {path}: {exc.strerror}") from None
-    if not head.strip():
-        raise SSHKeyError(f"SSH private key {path} is empty")
-    try:
-        return paramiko.PKey.from_path(path)
-    except (TypeError, paramiko.PasswordRequiredException) as exc:
-        if isinstance(exc, paramiko.PasswordRequiredException) or "password" in str(exc):
-            raise SSHKeyError(
-                f"SSH private key {path} is encrypted with a passphrase: slurmrunner needs a "
-                "key without passphrase (kept mode 0600, readable only by the server's user)"
-            ) from None
-        raise SSHKeyError(f"SSH private key {path} could not be loaded: {exc}") from None
-    except paramiko.UnknownKeyType as exc:
-        raise SSHKeyError(
-            f"SSH private key {path} is of an unsupported type ({exc}): use ed25519, ecdsa or rsa"
-        ) from None
-    except OSError as exc:
-        raise SSHKeyError(f"cannot read SSH private key {path}: {exc.strerror}") from None
-    except (ValueError, paramiko.SSHException) as exc:
-        hint = ""
-        if head.lstrip().startswith((b"ssh-", b"ecdsa-", b"sk-")):
-            hint = " (it looks like a public key: give the path of the private key)"
-        raise SSHKeyError(
-            f"SSH private key {path} is not a private key in OpenSSH or PEM format{hint}: "
-            f"{str(exc).split('. See ')[0]}"
-        ) from None
-
-
-def _fingerprint(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.fingerprint}"
-
-
-def _load_known_hosts(path: str) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if os.path.exists(path):
-        try:
-            keys.load(path)
-        except (OSError, paramiko.SSHException) as exc:
-            raise SSHHostKeyError(f"cannot read known_hosts file {path}: {exc}") from None
-    return keys
-
-
-def _check_host_key(
-    name: str, offered: paramiko.PKey, expected: Any, known_hosts: str, endpoint: str
-) -> None:
-    if expected is None:
-        where = known_hosts if os.path.exists(known_hosts) else f"{known_hosts} (missing file)"
-        raise SSHHostKeyError(
-            f"host key of {endpoint} is unknown: no entry for {name} in {where}; the server "
-            f"offered {_fingerprint(offered)}. Verify that fingerprint with the cluster's admins "
-            "and add the server's public host key to the known_hosts file (strict host key "
-            "checking: unknown hosts are never accepted)"
-        )
-    ours = expected.get(offered.get_name())
-    if ours != offered:
-        recorded = ours if ours is not None else next(iter(expected.values()))
-        raise SSHHostKeyError(
-            f"host key of {endpoint} has CHANGED: the server offered {_fingerprint(offered)} but "
-            f"{known_hosts} records {_fingerprint(recorded)} for {name}. POSSIBLE "
-            "MAN-IN-THE-MIDDLE ATTACK (or the server was reinstalled): refusing to connect. If "
-            f"the change is legitimate, replace the entry for {name} in {known_hosts}"
-        )
-
-
-def _prefer_known_key_types(transport: paramiko.Transport, expected: Any) -> None:
-    """Ask the server for the host key type(s) known_hosts records (as OpenSSH does)."""
-    opts = transport.get_security_options()
-    offered = list(opts.key_types)
-    wanted: list[str] = []
-    for key_type in list(expected):
-        names = ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if key_type == "ssh-rsa" else [key_type]
-        wanted += [n for n in names if n in offered and n not in wanted]
-    if wanted:
-        opts.key_types = wanted + [n for n in offered if n not in wanted]
-
-
-# --------------------------------------------------------------------------- connecting
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    """The identity a pool entry is for. known_hosts is part of it so that a connection
-    verified against one known_hosts file is never reused by a caller trusting another."""
-
-    host: str
-    port: int
-    username: str
-    key_path: str
-    known_hosts: str
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.username}@{self.host}:{self.port}"
-
-    @property
-    def known_hosts_name(self) -> str:
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-
-def _remaining(deadline: float) -> float:
-    return deadline - time.monotonic()
-
-
-def _resolve(host: str, port: int, deadline: float) -> list[Any]:
-    """getaddrinfo bounded by the deadline (the resolver itself has no timeout)."""
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except socket.gaierror:
-        pass
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            box["error"] = exc
-
-    worker = threading.Thread(target=work, name=f"resolve {host}", daemon=True)
-    worker.start()
-    worker.join(max(_remaining(deadline), 0.0))
-    if worker.is_alive():
-        raise SSHConnectError(f"resolving host name {host!r} did not finish in time")
-    if "error" in box:
-        exc = box["error"]
-        reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else exc
-        raise SSHConnectError(f"cannot resolve host name {host!r}: {reason}")
-    return box["infos"]
-
-
-def _open_socket(target: SSHTarget, timeout: float, deadline: float) -> socket.socket:
-    address = f"{target.host}:{target.port}"
-    last: OSError | None = None
-    for family, kind, proto, _name, sockaddr in _resolve(target.host, target.port, deadline):
-        left = _remaining(deadline)
-        if left <= 0:
-            break
-        sock = socket.socket(family, kind, proto)
-        sock.settimeout(left)
-        try:
-            sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Small request/reply packets (channel open, exec): without this, Nagle plus the
-            # server's delayed ACK cost 40 ms per command.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    if isinstance(last, ConnectionRefusedError):
-        raise SSHConnectError(f"connection to {address} refused (no SSH server on that port?)")
-    if last is None or isinstance(last, TimeoutError):
-        raise SSHConnectError(f"connecting to {address} timed out after {timeout:g}s")
-    raise SSHConnectError(f"cannot connect to {address}: {last.strerror or last}")
-
-
-def open_transport(target: SSHTarget, timeout: float, keepalive_s: float) -> paramiko.Transport:
-    """One authenticated, host-key-verified Transport, or a typed SSHError, within timeout."""
-    deadline = time.monotonic() + timeout
-    pkey = load_private_key(target.key_path)
-    expected = _load_known_hosts(target.known_hosts).lookup(target.known_hosts_name)
-    address = f"{target.host}:{target.port}"
-    sock = _open_socket(target, timeout, deadline)
-    transport: paramiko.Transport | None = None
-    try:
-        transport = paramiko.Transport(sock)
-        left = max(_remaining(deadline), 0.1)
-        # start_client(timeout=left) is the bound; paramiko's own timers only back it up.
-        transport.banner_timeout = left + 1
-        transport.handshake_timeout = left + 1
-        if expected is not None:
-            _prefer_known_key_types(transport, expected)
-        try:
-            transport.start_client(timeout=left)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            hint = " (not an SSH server, or it dropped us)" if "banner" in str(exc) else ""
-            raise SSHConnectError(f"SSH handshake with {address} failed: {exc}{hint}") from None
-        if not transport.is_active() or not transport.initial_kex_done:
-            raise SSHConnectError(
-                f"SSH handshake with {address} did not finish within {timeout:g}s"
-            )
-        _check_host_key(
-            target.known_hosts_name,
-            transport.get_remote_server_key(),
-            expected,
-            target.known_hosts,
-            address,
-        )
-        transport.auth_timeout = max(_remaining(deadline), 0.1)
-        try:
-            more = transport.auth_publickey(target.username, pkey)
-        except paramiko.BadAuthenticationType as exc:
-            raise SSHAuthError(
-                f"{target.endpoint} does not accept public-key authentication "
-                f"(it allows: {', '.join(exc.allowed_types) or 'nothing'})"
-            ) from None
-        except paramiko.AuthenticationException as exc:
-            text = str(exc)
-            if "timeout" in text.lower():
-                raise SSHConnectError(
-                    f"authentication at {target.endpoint} did not finish within {timeout:g}s"
-                ) from None
-            if "transport shut down" in text or "EOF" in text:
-                raise SSHConnectError(
-                    f"{address} closed the connection during authentication of {target.endpoint}"
-                ) from None
-            raise SSHAuthError(
-                f"{target.endpoint} refused authentication with the key {target.key_path} "
-                f"({_fingerprint(pkey)}): is its public key in {target.username}'s "
-                "authorized_keys on the cluster?"
-            ) from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise SSHConnectError(
-                f"connection to {address} lost during authentication: {exc}"
-            ) from None
-        if more or not transport.is_authenticated():
-            raise SSHAuthError(
-                f"{target.endpoint} requires further authentication ({', '.join(more)}) "
-                "after the key: slurmrunner supports key-only accounts"
-            )
-        if keepalive_s > 0:
-            transport.set_keepalive(int(max(keepalive_s, 1)))
-        return transport
-    except BaseException:
-        if transport is not None:
-            transport.close()
-        else:
-            sock.close()
-        raise
-
-
-# --------------------------------------------------------------------------- the pool
-
-
-class PooledConnection:
-    """One pool entry: the shared Transport of a target, its channel cap and its counters."""
-
-    def __init__(
-        self,
-        target: SSHTarget,
-        connect_timeout: float,
-        max_channels: int,
-        keepalive_s: float,
-        reconnect_delays: Sequence[float],
-    ) -> None:
-        self.target = target
-        self.connect_timeout = connect_timeout
-        self.max_channels = max_channels
-        self.keepalive_s = keepalive_s
-        self.reconnect_delays = tuple(reconnect_delays)
-        #: Caps the session channels open at once on this connection.
-        self.slots = threading.BoundedSemaphore(max_channels)
-        #: How many SSH connections this entry opened (1 + reconnections).
-        self.connections_opened = 0
-        self.refs = 0
-        self.closed = False
-        self._lock = threading.Lock()
-        self._transport: paramiko.Transport | None = None
-        self._failures = 0
-        self._last_error: SSHError | None = None
-
-    def transport(self) -> paramiko.Transport:
-        """The live Transport, (re)connecting if needed: the first connection gets one
-        attempt (bad settings fail fast); a reconnection gets len(reconnect_delays) + 1."""
-        current = self._transport
-        if current is not None and current.is_active():
-            return current
-        failures_seen = self._failures
-        with self._lock:
-            if self.closed:
-                raise SSHError(f"the SSH connection to {self.target.endpoint} was closed")
-            current = self._transport
-            if current is not None and current.is_active():
-                return current
-            if self._failures != failures_seen and self._last_error is not None:
-                # Another thread just tried (with backoff) while we waited: do not try again.
-                raise type(self._last_error)(str(self._last_error))
-            reconnecting = current is not None or self.connections_opened > 0
-            if current is not None:
-                current.close()
-                self._transport = None
-            delays = self.reconnect_delays if reconnecting else ()
-            for attempt in range(len(delays) + 1):
-                try:
-                    current = open_transport(self.target, self.connect_timeout, self.keepalive_s)
-                    break
-                except SSHConnectError as exc:
-                    if attempt < len(delays):
-                        time.sleep(delays[attempt])
-                        continue
-                    error: SSHError = exc
-                    if reconnecting:
-                        error = SSHConnectError(
-                            f"the SSH connection to {self.target.endpoint} dropped and "
-                            f"{attempt + 1} reconnection attempts failed: {exc}"
-                        )
-                    self._fail(error)
-                    raise error from None
-                except SSHError as exc:
-                    self._fail(exc)
-                    raise
-            self._transport = current
-            self.connections_opened += 1
-            return current
-
-    def _fail(self, error: SSHError) -> None:
-        self._failures += 1
-        self._last_error = error
-
-    def invalidate(self, transport: paramiko.Transport) -> None:
-        """Drop `transport` (dead or unresponsive) so that the next use reconnects."""
-        with self._lock:
-            if self._transport is transport:
-                self._transport = None
-        transport.close()
-
-    @property
-    def connected(self) -> bool:
-        current = self._transport
-        return current is not None and current.is_active()
-
-    def local_address(self) -> tuple[str, int] | None:
-        """The client side (ip, port) of the live connection, to find its server process."""
-        current = self._transport
-        if current is None or not current.is_active():
-            return None
-        return current.sock.getsockname()[:2]  # type: ignore[union-attr]
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            current, self._transport = self._transport, None
-        if current is not None:
-            current.close()
-
-
-class ConnectionPool:
-    """Pool entries by target; thread-safe. An entry closes when its last SSHHost closes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[SSHTarget, PooledConnection] = {}
-
-    def acquire(
-        self,
-        target: SSHTarget,
-        connect_timeout: float = 10.0,
-        max_channels: int = 8,
-        keepalive_s: float = 15.0,
-        reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
-    ) -> PooledConnection:
-        """The entry of `target` (created on first use: its settings are the first caller's)."""
-        with self._lock:
-            entry = self._entries.get(target)
-            if entry is None or entry.closed:
-                entry = PooledConnection(
-                    target, connect_timeout, max_channels, keepalive_s, reconnect_delays
-                )
-                self._entries[target] = entry
-            entry.refs += 1
-            return entry
-
-    def release(self, entry: PooledConnection) -> None:
-        with self._lock:
-            entry.refs -= 1
-            if entry.refs > 0:
-                return
-            if self._entries.get(entry.target) is entry:
-                del self._entries[entry.target]
-        entry.close()
-
-    def get(self, target: SSHTarget) -> PooledConnection | None:
-        with self._lock:
-            return self._entries.get(target)
-
-    def entries(self) -> list[PooledConnection]:
-        with self._lock:
-            return list(self._entries.values())
-
-    def close_all(self) -> None:
-        """Close every connection (e.g. at shutdown); SSHHosts using them then refuse to run."""
-        with self._lock:
-            entries = list(self._entries.values())
-            self._entries.clear()
-        for entry in entries:
-            entry.close()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-
-#: The process-wide pool every SSHHost uses unless given another.
-connection_pool = ConnectionPool()
-atexit.register(connection_pool.close_all)
-
-
-def close_all() -> None:
-    """Close every pooled SSH connection of the process."""
-    connection_pool.close_all()
 
 
 # --------------------------------------------------------------------------- channel helpers
@@ -578,7 +161,10 @@ class SSHHost:
         *,
         reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
         pool: ConnectionPool | None = None,
+        check_uid: Callable[[str, int], None] | None = None,
     ) -> None:
+        """`check_uid(username, uid)`, when given, is called with the uid `id -u` reports on
+        each new connection before any command runs on it, and raises to refuse it."""
         if not host:
             raise ValueError("SSHHost needs a host")
         if not 1 <= int(port) <= 65535:
@@ -603,6 +189,7 @@ class SSHHost:
         self._counter = CallCounter()
         self._count_lock = threading.Lock()
         self._closed = False
+        self._check_uid = check_uid
 
     @classmethod
     def for_profile(cls, profile: Any, **settings: Any) -> SSHHost:
@@ -644,7 +231,11 @@ class SSHHost:
     def connect(self) -> None:
         """Open (or check) the shared connection now: typed errors before any work starts."""
         self._check_open()
-        self._conn.transport()
+        if self._check_uid is None:
+            self._conn.transport()
+            return
+        with self._conn.slots:
+            _close_channel(self._checked_channel()[1])
 
     def close(self) -> None:
         """Release this host's share of the connection (closed when nobody else uses it)."""
@@ -665,9 +256,16 @@ class SSHHost:
     # -- running
 
     def run(
-        self, argv: list[str], stdin: str | None = None, timeout: float | None = 60.0
+        self,
+        argv: list[str],
+        stdin: str | None = None,
+        timeout: float | None = 60.0,
+        *,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        keep_tail: bool = False,
     ) -> CommandResult:
         """Run argv (every word quoted) on the host; stdin (any size) is streamed to it.
+        Output is capped and decoded as Host.run says.
 
         `timeout` counts from the moment a channel slot is free (waiting for one of the
         `max_channels` slots is not the command's time)."""
@@ -679,12 +277,52 @@ class SSHHost:
         data = stdin.encode("utf-8") if stdin is not None else None
         with self._count_lock:
             self._counter.count(argv)
+        limits = (OutputBuffer(max_output, keep_tail), OutputBuffer(max_output))
         with self._conn.slots:
-            transport, channel = self._open_channel()
+            transport, channel = self._checked_channel()
             try:
-                return self._exchange(transport, channel, argv, command, data, timeout)
+                return self._exchange(transport, channel, argv, command, data, timeout, limits)
             finally:
                 _close_channel(channel)
+
+    def _checked_channel(self) -> tuple[paramiko.Transport, paramiko.Channel]:
+        """A session channel on a connection whose remote uid passed `check_uid`: on a new
+        connection, `id -u` runs first (on a channel of its own) and nothing else runs unless
+        the check passes."""
+        transport, channel = self._open_channel()
+        while self._check_uid is not None:
+            seen = self._conn.uid_seen
+            if seen is not None and seen[0] is transport:
+                try:
+                    self._check_uid(self.target.username, seen[1])
+                except BaseException:
+                    _close_channel(channel)
+                    raise
+                return transport, channel
+            try:
+                uid = self._remote_uid(transport, channel)
+            finally:
+                _close_channel(channel)
+            self._conn.uid_seen = (transport, uid)
+            transport, channel = self._open_channel()  # loops back to the check
+        return transport, channel
+
+    def _remote_uid(self, transport: paramiko.Transport, channel: paramiko.Channel) -> int:
+        argv = ["id", "-u"]
+        limits = (OutputBuffer(4096), OutputBuffer(4096))
+        wait = max(self._conn.connect_timeout, 10.0)
+        try:
+            result = self._exchange(transport, channel, argv, "id -u", None, wait, limits)
+        except SSHCommandInterrupted as exc:
+            # Only the check was sent: the caller's command has not run (safe to retry).
+            raise SSHConnectError(f"checking the uid of {self.target.endpoint}: {exc}") from None
+        text = result.stdout.strip()
+        if not result.ok or not text.isdigit():
+            raise ImpersonationError(
+                f"cannot check the uid of {self.target.endpoint}: `id -u` gave status "
+                f"{result.returncode}, output {text[:80]!r}, errors {result.stderr.strip()[:200]!r}"
+            )
+        return int(text)
 
     def _open_channel(self) -> tuple[paramiko.Transport, paramiko.Channel]:
         """A session channel; retried (reconnecting) while nothing of the command was sent."""
@@ -727,6 +365,7 @@ class SSHHost:
         command: str,
         data: bytes | None,
         timeout: float | None,
+        limits: tuple[OutputBuffer, OutputBuffer],
     ) -> CommandResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         shown = " ".join(argv[:3]) + (" ..." if len(argv) > 3 else "")
@@ -764,16 +403,17 @@ class SSHHost:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 channel.shutdown_write()
 
-        out, err = bytearray(), bytearray()
+        out, err = limits
         try:
             wake = channel.fileno()  # readable when stdout or stderr has data, or at close
             while True:
                 got = False
+                # Read on past the caps (dropping): a full window would stall the command.
                 if channel.recv_ready():
-                    out += channel.recv(_READ_CHUNK)
+                    out.add(channel.recv(_READ_CHUNK))
                     got = True
                 if channel.recv_stderr_ready():
-                    err += channel.recv_stderr(_READ_CHUNK)
+                    err.add(channel.recv_stderr(_READ_CHUNK))
                     got = True
                 if got:
                     continue
@@ -808,8 +448,10 @@ class SSHHost:
         return CommandResult(
             tuple(argv),
             status,  # -1: the server gave no exit status (e.g. killed by a signal)
-            out.decode("utf-8", errors="replace"),
-            err.decode("utf-8", errors="replace"),
+            out.text(),
+            err.text(),
+            out.dropped,
+            err.dropped,
         )
 
     @staticmethod
