@@ -215,8 +215,10 @@ def open_transport(target: SSHTarget, timeout: float, keepalive_s: float) -> par
         try:
             transport.start_client(timeout=left)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            hint = " (not an SSH server, or it dropped us)" if "banner" in str(exc) else ""
-            raise SSHConnectError(f"SSH handshake with {address} failed: {exc}{hint}") from None
+            why = str(exc) or type(exc).__name__  # EOFError says nothing by itself
+            dropped = "banner" in why or not str(exc)
+            hint = " (not an SSH server, or it dropped us)" if dropped else ""
+            raise SSHConnectError(f"SSH handshake with {address} failed: {why}{hint}") from None
         if not transport.is_active() or not transport.initial_kex_done:
             raise SSHConnectError(
                 f"SSH handshake with {address} did not finish within {timeout:g}s"
