@@ -78,7 +78,7 @@ CASES = {
     "NaN": lambda: rec(duration_s=float("nan")),
     "1e999": lambda: rec()[:-1] + b', "duration_s": 1e999}',
     "unknown event": lambda: json.dumps({"event": "begin", "job": job}).encode(),
-    "unknown key": lambda: rec(attempt=2),
+    "unknown key": lambda: rec(retries=2),
     "unknown status": lambda: rec(status="done"),
     "unknown cause": lambda: rec(status="failed", error=err("lost", "")),
     "message of 100 KB": lambda: rec(status="failed", error=err("exit_code", "m" * 100_000)),

@@ -317,3 +317,16 @@ def test_a_run_whose_separator_was_changed_concludes_its_ended_jobs():
     assert not w.final_look
     w.after_look([0, 1], [UNREADABLE, UNREADABLE], True)  # ended: no later look reads more
     assert w.final_look and w.bad == 1  # its unread tasks end bad_record
+
+
+@pytest.mark.parametrize(
+    ("attempt", "valid"),
+    [(0, True), (3, True), (-1, False), (True, False), ("1", False), (2**21, False)],
+)
+def test_the_attempt_is_a_small_count_on_records_and_start_lines(attempt, valid):
+    rec = parse_line(line(**record(attempt=attempt)), 1, TASKS)
+    start = parse_line(line(event="start", t=1.0, job=1, attempt=attempt, n_tasks=1), 1, TASKS)
+    assert isinstance(rec, TaskRecord) is valid and isinstance(start, StartLine) is valid
+    if valid:
+        assert rec.attempt == start.attempt == attempt
+    assert parse_line(line(**record()), 1, TASKS).attempt == 0  # a worker of before says none

@@ -117,3 +117,20 @@ def test_sbatch_refusals_for_the_user_job_limit_are_waited_out():
     for final in ("QOSMaxWallDurationPerJobLimit", "QOSGrpGRES"):
         err = refusal(f"sbatch: error: {final}\n{policy}")
         assert not isinstance(err, SubmitLimitError) and final in str(err)
+
+
+@pytest.mark.parametrize(
+    ("sig", "state", "cause"),
+    [
+        (11, "OUT_OF_MEMORY", "signal"),  # SIGSEGV: the task's own doing, whatever the job did
+        (6, "TIMEOUT", "signal"),  # SIGABRT
+        (7, "CANCELLED", "signal"),  # SIGBUS
+        (9, "OUT_OF_MEMORY", "out_of_memory"),  # SIGKILL: the scheduler's
+        (15, "TIMEOUT", "time_limit"),  # SIGTERM
+        (10, "PREEMPTED", "preempted"),  # SIGUSR1 (sbatch --signal)
+        (24, "TIMEOUT", "time_limit"),  # SIGXCPU
+    ],
+)
+def test_only_the_schedulers_signals_take_the_jobs_cause(sig, state, cause):
+    r = from_record(rec("failed", "signal", signal=sig), "1", state, None)
+    assert r.error.cause == cause

@@ -362,3 +362,15 @@ def test_a_connection_drop_while_making_the_run_folder_is_survived(tmp_path, mon
     monkeypatch.undo()
     assert dropped
     assert [x.result["square"] for x in run.wait(timeout=60)] == [9]
+
+
+@pytest.mark.parametrize(
+    ("how", "name", "number"), [("SIGSEGV", "SIGSEGV", 11), ("abort", "SIGABRT", 6)]
+)
+def test_a_task_that_kills_itself_stays_signal_with_its_number(tmp_path, how, name, number):
+    prog = tmp_path / "crash.py"
+    kill = "os.abort()" if how == "abort" else f"os.kill(os.getpid(), signal.{how})"
+    prog.write_text(f"import os, signal\n{kill}\n")
+    (r,) = runner(tmp_path).run([sys.executable, str(prog)], [{}])
+    assert (r.status, r.error.cause) == ("failed", "signal")
+    assert r.error.message == f"killed by {name} (signal {number})"

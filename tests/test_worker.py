@@ -62,7 +62,9 @@ elif not args.get("no_out"):
                   fh)
 """
 
-RECORD_KEYS = {"i", "job", "status", "exit_code", "signal", "duration_s", "max_rss_mb", "log"}
+RECORD_KEYS = {
+    *("i", "job", "attempt", "status", "exit_code", "signal", "duration_s", "max_rss_mb", "log")
+}
 
 
 @pytest.fixture
@@ -443,9 +445,32 @@ def test_results_file_appends_and_is_private(tmp_path, task):
     run_worker(tmp_path, [{"x": 1}], [sys.executable, task])
     run_worker(tmp_path, [{"x": 1}], [sys.executable, task])  # a requeued job appends
     lines = read_lines(run_dir)
-    assert [line.get("event") for line in lines] == ["start", None, "end"] * 2
+    # ... and does not run again what its earlier attempt finished
+    assert [line.get("event") for line in lines] == ["start", None, "end", "start", "end"]
     assert (run_dir / "results" / "0.jsonl").stat().st_mode & 0o077 == 0
     assert (run_dir / "logs").stat().st_mode & 0o077 == 0
+
+
+def test_a_requeued_job_marks_its_attempt_and_runs_only_what_was_not_finished(
+    tmp_path, task, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    tasks = [{"x": 1}, {"signal": "SIGSEGV"}, {"exit": 3}]
+    data = payload(run_dir, tasks, [sys.executable, task])
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert start_worker(tmp_path, data).wait(timeout=60) == 0
+    first = read_lines(run_dir)
+    assert {line["attempt"] for line in first if line.get("event", "start") == "start"} == {0}
+    segv = task_records(first)[1]
+    assert (segv["error"]["cause"], segv["signal"]) == ("signal", signal.SIGSEGV)
+    assert segv["error"]["message"] == "killed by SIGSEGV (signal 11)"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert start_worker(tmp_path, data).wait(timeout=60) == 0
+    again = read_lines(run_dir)[len(first) :]
+    assert again[0]["event"] == "start" and again[0]["attempt"] == 1
+    assert again[0]["n_tasks"] == 1  # only the task killed by a signal runs again
+    assert [(r["i"], r["attempt"]) for r in again if "i" in r] == [(1, 1)]
+    assert (again[-1]["event"], again[-1]["tasks"]) == ("end", 4)
 
 
 def test_worker_is_stdlib_only_python38():
@@ -486,7 +511,10 @@ def test_worker_never_inherits_results_fd(tmp_path):
 
 def test_results_come_in_chunks_each_closed_by_a_next_line(tmp_path):
     run_dir = tmp_path / "run"
-    data = payload(run_dir, [{} for _ in range(10)], ["true"], parallel=2, call="stdin")
+    # Tasks killed by a signal (the scheduler's, maybe) run again in a requeued job's next
+    # attempt: the second attempt below has all ten to run.
+    suicide = ["sh", "-c", "kill -USR1 $$"]
+    data = payload(run_dir, [{} for _ in range(10)], suicide, parallel=2, call="stdin")
     data["chunk_records"] = 3
     proc = start_worker(tmp_path, data)
     assert proc.wait(timeout=60) == 0
@@ -554,7 +582,9 @@ def test_chunks_close_on_bytes_too(tmp_path):
     data["chunk_bytes"] = 100  # each record is bigger: one per chunk
     assert start_worker(tmp_path, data).wait(timeout=60) == 0
     chunks = sorted((run_dir / "results").glob("0*.jsonl"))
-    assert len(chunks) == 6
+    # one record per chunk (the start line, with a long host name, may fill one of its own)
+    records = [[x for x in c.read_text().splitlines() if '"i":' in x] for c in chunks]
+    assert sorted(len(r) for r in records)[-6:] == [1] * 6 and len(chunks) <= 7
 
 
 def test_nothing_planted_in_the_run_folder_is_written_or_read_through(tmp_path, task):

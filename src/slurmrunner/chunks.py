@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .jobstate import JobState
-from .records import Bad, EndLine, NextLine, TaskRecord, parse_line, sample
+from .records import Bad, EndLine, NextLine, StartLine, TaskRecord, parse_line, sample
 from .script import results_relpath
 
 SEPARATOR_RELPATH = "results/sep"
@@ -99,11 +99,28 @@ class JobWatch:
     final_look: bool = False  # read to its end after the scheduler said it had ended
     cut_looks: int = 0  # looks in a row cut short inside this job's own files
     state: JobState | None = None  # the scheduler's word on its end
+    gone: bool = False  # squeue no longer knows it: its end waits for the history (sacct)
+    history_answers: int = 0  # history answers that did not know how it ended
+    history_failures: int = 0  # history calls that failed
+    started: bool = False  # a start line was read
+    attempt: int = 0  # the newest attempt whose start line was read (SLURM_RESTART_COUNT)
     bad: int = 0  # lines that are not valid lines of this job
     first_bad: str = ""
     #: Records of tasks killed by a signal or interrupted: their cause waits for the
     #: scheduler's word. Every other record is saved as soon as it is read and dropped.
     held: dict[int, TaskRecord] = field(default_factory=dict)
+
+    @property
+    def over(self) -> bool:
+        """The scheduler said it ended (or no longer knows it): nothing more will be written."""
+        return self.state is not None or self.gone
+
+    def requeue(self) -> None:
+        """It runs again (requeued): its earlier attempt's end, and the scheduler's word on
+        that end, are over; its chunks are read on. Held records wait for the new attempt."""
+        self.ended = self.interrupted = self.final_look = self.gone = False
+        self.state = None
+        self.cut_looks = self.history_answers = self.history_failures = 0
 
     def window(self) -> list[int]:
         """The chunks to read in the next look."""
@@ -128,6 +145,11 @@ class JobWatch:
                 self._on_next(chunk, parsed, line, over)
             elif isinstance(parsed, EndLine):
                 self._on_end(chunk, parsed, line)
+            elif isinstance(parsed, StartLine):
+                self.started = True
+                if parsed.attempt > self.attempt:
+                    self.attempt = parsed.attempt
+                    self.requeue()
             elif isinstance(parsed, Bad):
                 self._count_bad(parsed.reason, parsed.sample)
 

@@ -43,8 +43,8 @@ class Scheduler(Protocol):
 
     #: True when poll() costs no controller RPC (the local scheduler): poll every cycle.
     cheap_poll: bool
-    #: What the run summary calls submit / poll / cancel (e.g. sbatch / squeue / scancel), and
-    #: partition_shape when it costs a call ("shape": sinfo).
+    #: What the run summary calls submit / poll / history / cancel (e.g. sbatch / squeue /
+    #: sacct / scancel), and partition_shape when it costs a call ("shape": sinfo).
     call_names: dict[str, str]
 
     def submit(self, script: str) -> str:
@@ -55,6 +55,13 @@ class Scheduler(Protocol):
         """One query for all ids; an absent id maps to GONE.
 
         TransientSchedulerError when the scheduler did not answer."""
+        ...
+
+    def history(self, job_ids: list[str]) -> dict[str, JobState]:
+        """One query for jobs poll() reported GONE: the states the scheduler's history still
+        knows. An id it does not know is left out: that is "cannot know", never an outcome.
+
+        TransientSchedulerError when the history did not answer this time."""
         ...
 
     def find(self, job_names: list[str]) -> dict[str, str]:

@@ -78,6 +78,7 @@ class LocalScheduler:
     call_names: ClassVar[dict[str, str]] = {
         "submit": "local_submit",
         "poll": "local_poll",
+        "history": "local_history",
         "cancel": "local_cancel",
     }
 
@@ -185,6 +186,10 @@ class LocalScheduler:
             if lock is not None:
                 self._supervise(lock)
         return states
+
+    def history(self, job_ids: list[str]) -> dict[str, JobState]:
+        # The queue is the whole history of a local job: what it does not hold, nobody knows.
+        return {j: s for j, s in self.poll(job_ids).items() if s is not GONE}
 
     def find(self, job_names: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}

@@ -11,13 +11,17 @@ index are the server's own (a record's `log` is accepted and ignored).
 
 The worker's lines (worker.py writes them; keep both in step):
 
-    {"event": "start", "job": K, "t": T, "host": H, "slurm_job_id": ID, "n_tasks": N}
-    {"i": I, "job": K, "status": "ok", "exit_code": 0, "signal": null, "duration_s": D,
-     "max_rss_mb": M, "log": PATH, "result": ANY}                  (or "status": "failed" /
+    {"event": "start", "job": K, "attempt": A, "t": T, "host": H, "slurm_job_id": ID,
+     "n_tasks": N}
+    {"i": I, "job": K, "attempt": A, "status": "ok", "exit_code": 0, "signal": null,
+     "duration_s": D, "max_rss_mb": M, "log": PATH, "result": ANY}  (or "status": "failed" /
      "interrupted" with "error": {"cause": C, "message": S, "log_tail": S})
     {"event": "next", "job": K, "chunk": C + 1, "records": N_IN_CHUNK_C}
     {"event": "end", "job": K, "chunk": C, "records": N_IN_CHUNK_C, "tasks": N_IN_ALL_CHUNKS,
      "t": T, "interrupted": "SIGTERM"}                              ("interrupted" if it was)
+
+`attempt` is SLURM_RESTART_COUNT (0 unless the job was requeued): a requeued job appends its
+next attempt's lines to the same chunks, after the interrupted records of the earlier one.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 ShortText = Annotated[str, Field(max_length=256)]
 Count = Annotated[int, Field(ge=0, le=2**40)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Attempt = Annotated[int, Field(ge=0, le=2**20)]
 
 
 class _Line(BaseModel):
@@ -84,6 +89,7 @@ class TaskRecord(_Line):
     """One task's end, as its worker saw it."""
 
     i: Count
+    attempt: Attempt = 0
     status: Literal["ok", "failed", "interrupted"]
     exit_code: Annotated[int, Field(ge=-(2**31), le=2**31)] | None = None
     signal: Annotated[int, Field(ge=1, le=255)] | None = None
@@ -107,6 +113,7 @@ class TaskRecord(_Line):
 
 class StartLine(_Line):
     event: Literal["start"]
+    attempt: Attempt = 0
     t: Seconds
     host: ShortText | None = None
     slurm_job_id: ShortText | None = None

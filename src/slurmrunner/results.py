@@ -7,6 +7,7 @@ wrote lines that were not valid records (one of them may have been this task's).
 
 from __future__ import annotations
 
+import signal
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -27,6 +28,21 @@ STATE_CAUSES = {
     "SPECIAL_EXIT": "job_failed",
     "REVOKED": "cancelled",
 }
+
+#: Signals a scheduler kills with (scancel, time limit, OOM, preemption, `--signal=USR1`): a
+#: task dead of one of them takes its job's end cause. Any other (SIGSEGV, SIGABRT, SIGBUS,
+#: ...) is the task's own doing and stays `signal`, whatever became of the job.
+SCHEDULER_SIGNALS = frozenset(
+    int(s)
+    for s in (
+        signal.SIGKILL,
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGXCPU,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -68,10 +84,22 @@ def _failed(index: int, cause: str, message: str, **kw: Any) -> TaskResult:
     return TaskResult(index, status, error=TaskError(cause, message, kw.pop("log_tail", "")), **kw)
 
 
+def awaits_scheduler(record: TaskRecord) -> bool:
+    """Whether the record's cause is the job's end cause, which only the scheduler knows: an
+    interrupted task, or one killed by a signal the scheduler sends (or by an unnamed one)."""
+    if record.error is None:
+        return False
+    cause = record.error.cause
+    return cause == "interrupted" or (
+        cause == "signal" and (record.signal is None or record.signal in SCHEDULER_SIGNALS)
+    )
+
+
 def from_record(
     record: TaskRecord, job_id: str | None, end_state: str | None, log: str | None
 ) -> TaskResult:
-    """A worker record; a death by signal or an interruption takes the job's end cause.
+    """A worker record; an interruption or a death by the scheduler's signal takes the job's
+    end cause (see awaits_scheduler).
 
     `log` is the server's own path of the task's log, never the record's word.
     """
@@ -85,7 +113,7 @@ def from_record(
         return TaskResult(record.i, "ok", result=record.result, **common)
     assert record.error is not None  # the schema requires one unless ok
     cause, message = record.error.cause, record.error.message
-    if cause in ("signal", "interrupted") and end_state in STATE_CAUSES:
+    if awaits_scheduler(record) and end_state in STATE_CAUSES:
         cause = STATE_CAUSES[end_state]
         message = f"{message}; job {job_id} ended {end_state}"
     return _failed(record.i, cause, message, log_tail=record.error.log_tail, **common)
@@ -109,7 +137,7 @@ def without_record(
             "and no valid record of this task (see the run's warnings)"
         )
     elif end_state in ("", "UNKNOWN"):
-        message = f"job {job_id} left the scheduler without a record of this task"
+        message = f"job {job_id} left the scheduler without a record of this task{why}"
     else:
         message = f"job {job_id} ended {end_state}{why} before this task reported"
     return _failed(index, cause, message, log_tail=job_output, job_id=job_id)

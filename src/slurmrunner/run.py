@@ -4,7 +4,8 @@ Watching protects the controller: results come from the jobs' own results files 
 as the user per cycle, on a short adaptive interval) and a job that ends normally says so in
 its file, so `squeue` (one call per cycle for all the run's jobs) is asked rarely: on its own
 slower adaptive interval, or at once when a job reports an interruption whose cause only the
-scheduler knows. A failing `squeue` is retried and never read as an outcome.
+scheduler knows. A failing `squeue` is retried and never read as an outcome; a job squeue no
+longer knows is looked up in the scheduler's history before anything is concluded (asking.py).
 
 Everything a job writes is untrusted (chunks.py cuts and checks the files, records.py each
 line): a bad line is counted and reported once per job, never raised. A cycle costs what is
@@ -21,12 +22,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .asking import Asking
 from .backends import Backend, backend_for
 from .chunks import UNREADABLE, JobWatch, cat_paths, split_output
-from .errors import HostError, SlurmRunnerError, TransientSchedulerError
+from .errors import HostError, SlurmRunnerError
 from .pacing import PollPolicy, ReadPace
 from .records import TaskRecord
-from .results import TaskResult, cancelled, from_record, without_record
+from .results import TaskResult, awaits_scheduler, cancelled, from_record, without_record
 from .runspec import RunSpec
 from .script import job_name
 from .store import JobRow, Store, new_claim
@@ -58,7 +60,7 @@ class RunStatus:
         return self.finished >= self.n_tasks
 
 
-class Run(Submission):
+class Run(Submission, Asking):
     """One run: its jobs, their watching, its results. Safe to drive from one thread."""
 
     def __init__(
@@ -148,15 +150,18 @@ class Run(Submission):
         # A job that ended with an interruption or a killed task waits for the scheduler's
         # word on why: ask now rather than at the slow cadence (still at most once per min_s).
         urgent = any(self._awaits_state(r) for r in rows)
-        if (
+        asked = (
             self.backend.scheduler.cheap_poll
             or now >= self._next_squeue
             or (urgent and now >= self._last_squeue + self.poll_policy.squeue_min_s)
-        ):
+        )
+        if asked:
             news |= self._squeue(rows)
             self._last_squeue = time.monotonic()
             self._next_squeue = self._last_squeue + self._squeue_interval
         news |= self._read_results(rows)
+        if asked:  # after the read: a gone job whose files tell how it ended needs no history
+            news |= self._history(rows)
         for row in rows:
             news |= self._settle(row)
         self._flush_counters()
@@ -169,43 +174,10 @@ class Run(Submission):
             w = self._watch[row.idx] = JobWatch(row.idx, row.task_range, limit)
         return w
 
-    def _awaits_state(self, row: JobRow) -> bool:
-        w = self._w(row)
-        return w.state is None and w.ended and (w.interrupted or bool(w.held))
-
-    def _squeue(self, rows: list[JobRow]) -> bool:
-        ids = [r.job_id for r in rows if r.job_id]
-        self.calls[self.backend.scheduler.call_names["poll"]] += 1
-        try:
-            states = self.backend.scheduler.poll(ids)
-        except (TransientSchedulerError, HostError) as exc:
-            # No answer is not an answer: keep every job as it was and ask again later.
-            self.calls[self.backend.scheduler.call_names["poll"] + "_errors"] += 1
-            self.warnings.append(f"squeue: {exc}")
-            log.warning("squeue failed (%s); will retry", exc)
-            self._squeue_interval = self.poll_policy.squeue_min_s
-            return False
-        changed = False
-        for row in rows:
-            st = states.get(row.job_id or "")
-            w = self._w(row)
-            if st is None:
-                continue
-            if st.terminal or st.state == "UNKNOWN":
-                w.state = st
-            if st.state != row.state:
-                self.store.update_job(self.id, row.idx, state=st.state, reason=st.reason)
-                changed = True
-        if changed:
-            self._squeue_interval = self.poll_policy.squeue_min_s
-        else:
-            self._squeue_interval = min(self._squeue_interval * 2, self.poll_policy.squeue_max_s)
-        return changed
-
     def _read_results(self, rows: list[JobRow]) -> bool:
         # Jobs whose last look was cut short go last, so that one job's flood (bigger than
         # the host keeps) does not hide the others.
-        todo = sorted((r for r in rows if not self._w(r).ended), key=lambda r: self._w(r).cut_looks)
+        todo = sorted((r for r in rows if self._reading(r)), key=lambda r: self._w(r).cut_looks)
         if not todo:
             return False
         # Each job's first unsealed chunk and the next ones, all in this one call (newest
@@ -213,7 +185,7 @@ class Run(Submission):
         # was sealed (its next line matched) is never read again.
         windows = {r.idx: self._w(r).window() for r in todo}
         # Over, said the scheduler, before this look began: nothing more will be written.
-        over = {r.idx: self._w(r).state is not None for r in todo}
+        over = {r.idx: self._w(r).over for r in todo}
         files = [(r.idx, chunk) for r in todo for chunk in reversed(windows[r.idx])]
         try:
             result = self._user(["cat", *cat_paths(self.run_dir, files)])
@@ -248,7 +220,7 @@ class Run(Submission):
             window = windows[row.idx]
             mine = pieces[at : at + len(window)][::-1]  # back in chunk order
             at += len(window)
-            was_ended = w.ended
+            was_ended, attempt = w.ended, w.attempt
             for chunk, piece in zip(window, mine, strict=True):
                 if piece is UNREADABLE:
                     continue
@@ -256,25 +228,37 @@ class Run(Submission):
                     news |= self._accept(row, w, rec, fresh, taken)
             w.after_look(window, mine, over[row.idx])
             news |= w.ended and not was_ended
+            if w.attempt > attempt:  # its start line says so before squeue may have
+                self._requeued(row)
             self._report_bad_lines(row, w)
         self._save(fresh)
         return news
 
+    def _reading(self, row: JobRow) -> bool:
+        """Its files may still bring news: not ended, or ended interrupted and not read whole
+        since the scheduler said the job is over (a requeued job writes its next attempt after
+        its interrupted end)."""
+        w = self._w(row)
+        return not w.ended or (w.interrupted and not w.final_look)
+
     def _accept(
         self, row: JobRow, w: JobWatch, rec: TaskRecord, fresh: list[TaskResult], taken: set[int]
     ) -> bool:
-        """A valid record: saved now if final, held if its cause waits for the scheduler.
-        The first valid record of a task wins; later ones are ignored."""
+        """A valid record: saved now if final, held if its cause waits for the scheduler (held
+        ones are settled in this same cycle when the scheduler's word is in). The first valid
+        record of a task wins, but a later attempt's replaces a held one: the requeue stopped
+        that one."""
         i = rec.i
-        if i in self._finished or i in w.held or i in taken:
+        held = w.held.get(i)
+        if held is not None and rec.attempt > held.attempt:
+            del w.held[i]
+        elif i in self._finished or i in w.held or i in taken:
             return False
         taken.add(i)
-        state = w.state.state if w.state else None
-        cause = rec.error.cause if rec.error else None
-        if rec.status == "ok" or cause not in ("signal", "interrupted") or state:
-            fresh.append(from_record(rec, row.job_id, state, self._log_path(i)))
-        else:
+        if awaits_scheduler(rec):
             w.held[i] = rec
+        else:
+            fresh.append(from_record(rec, row.job_id, None, self._log_path(i)))
         return True
 
     def _log_path(self, index: int) -> str:
@@ -297,23 +281,21 @@ class Run(Submission):
         """Save what is final; close the job when nothing more can come."""
         w = self._w(row)
         state = w.state.state if w.state else None
-        final: list[TaskResult] = []
-        if state and w.held:  # the scheduler's word on why: held records are final now
-            final = [
-                from_record(rec, row.job_id, state, self._log_path(i)) for i, rec in w.held.items()
-            ]
-            w.held.clear()
-            self._save(final)
-
         clean_end = w.ended and not w.interrupted
         if not (clean_end or state):
-            return bool(final)
-        if not w.ended and not w.final_look:
+            return False
+        if not clean_end and not w.final_look:
             # Over, says the scheduler, but its files were not read whole since: a failed or
-            # lagging look must not turn records still in them into lost tasks.
-            return bool(final)
-        if clean_end and not state and w.held:
-            return bool(final)  # killed by a signal: wait for the scheduler's word on why
+            # lagging look must not turn records still in them (a requeued job's next attempt
+            # among them) into lost or interrupted tasks.
+            return False
+        if state and w.held:  # the scheduler's word on why: held records are final now
+            self._save(
+                from_record(rec, row.job_id, state, self._log_path(i)) for i, rec in w.held.items()
+            )
+            w.held.clear()
+        elif clean_end and w.held:
+            return False  # killed by the scheduler's signal: wait for its word on why
         missing = [i for i in row.task_range if i not in self._finished]
         if missing:
             end_state = state or "UNKNOWN"

@@ -1,12 +1,15 @@
-"""The SLURM client: sbatch/squeue/scancel argv and the parsing of their output.
+"""The SLURM client: sbatch/squeue/sacct/scancel argv and the parsing of their output.
 
 It runs commands on the hosts it is given: `submit_host` acts as the job's owner (sbatch,
-scancel), `query_host` asks the controller (squeue). The only thing it knows of users is the
-owner's name, so that a job is found again by name *and* owner, never another user's job.
+scancel), `query_host` asks the controller and its accounting (squeue, sacct). The only thing
+it knows of users is the owner's name, so that a job is found again by name *and* owner, never
+another user's job.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from typing import ClassVar
@@ -15,8 +18,10 @@ from .batching import PartitionShape
 from .directives import pinned_options
 from .errors import HostError, SchedulerError, SubmitLimitError, TransientSchedulerError
 from .hosts.base import CommandResult, Host
-from .jobstate import GONE, JobState
+from .jobstate import GONE, TERMINAL_STATES, JobState
 from .units import parse_time_minutes
+
+log = logging.getLogger("slurmrunner")
 
 # stderr fragments meaning "the controller did not answer this time", not "the job is gone".
 _TRANSIENT = (
@@ -40,6 +45,20 @@ _INVALID_JOB_ID = "invalid job id specified"
 _SQUEUE_FORMAT = "%i|%T|%r|%j"
 _FIND_FORMAT = "%i|%u|%j"
 _SINFO_FORMAT = "%P|%c|%m|%D|%t|%l"
+_SACCT_FORMAT = "JobIDRaw,State,ExitCode,Reason"
+#: What sacct says when the cluster keeps no accounting (no slurmdbd): it cannot know, ever.
+_NO_ACCOUNTING = "accounting storage is disabled"
+#: The states sacct prints for a job (long names); any other word is not understood.
+SACCT_STATES = TERMINAL_STATES | {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+}
+_SACCT_LINE = re.compile(r"(\d{1,18})\|([A-Z_]+)(?: by \d+)?\|(\d+:\d+)\|([^|\n]{0,200})")
 # Node states (sinfo's short names) in which a node takes no new job.
 _UNUSABLE = ("down", "drain", "drng", "fail", "maint", "inval", "unk", "futr", "pow_dn", "npc")
 
@@ -77,6 +96,41 @@ def parse_squeue(stdout: str) -> dict[str, tuple[JobState, str]]:
             # "CANCELLED by 1001" -> "CANCELLED"
             states[job_id] = (JobState(state.split()[0], reason), name)
     return states
+
+
+def sacct_argv(job_ids: list[str]) -> list[str]:
+    """One sacct for every id: allocations only (-X, no steps), no header, `|` between fields.
+    With --jobs the time window is all time; --allusers since the server asks for every user."""
+    return [
+        "sacct",
+        "--allocations",
+        "--noheader",
+        "--parsable2",
+        "--allusers",
+        f"--jobs={','.join(job_ids)}",
+        f"--format={_SACCT_FORMAT}",
+    ]
+
+
+def parse_sacct(stdout: str, job_ids: list[str]) -> dict[str, JobState]:
+    """Lines `id|STATE|exit:signal|reason` -> the state of each asked id sacct knows.
+
+    Strict: a line that is not exactly that, an id not asked for, or a state word sacct does not
+    print is skipped (unknown, never an outcome). `CANCELLED by 1000` is CANCELLED. A requeued
+    job has one line (its last attempt) without --duplicates; were there more, the last wins.
+    """
+    wanted = set(job_ids)
+    found: dict[str, JobState] = {}
+    for line in stdout.splitlines():
+        m = _SACCT_LINE.fullmatch(line.strip())
+        if m is None or m[1] not in wanted or m[2] not in SACCT_STATES:
+            continue
+        reason = m[4].strip()
+        words = [reason] if reason and reason != "None" else []
+        if m[3] != "0:0":
+            words.append(f"exit code {m[3]}")
+        found[m[1]] = JobState(m[2], ", ".join([*words, "from sacct"]))
+    return found
 
 
 def parse_squeue_owners(stdout: str) -> dict[str, tuple[str, str]]:
@@ -169,6 +223,7 @@ class SlurmScheduler:
     call_names: ClassVar[dict[str, str]] = {
         "submit": "sbatch",
         "poll": "squeue",
+        "history": "sacct",
         "cancel": "scancel",
         "shape": "sinfo",
     }
@@ -200,6 +255,29 @@ class SlurmScheduler:
             for job_id, (user, name) in known.items()
             if user == self.user and name in job_names
         }
+
+    def history(self, job_ids: list[str]) -> dict[str, JobState]:
+        """What accounting (slurmdbd) knows of jobs gone from squeue: one sacct for all, as
+        the server's query identity. Ids it does not know are left out; so is everything when
+        sacct is missing or the cluster keeps no accounting (it cannot know). A controller or
+        database that did not answer this time raises TransientSchedulerError."""
+        if not job_ids:
+            return {}
+        try:
+            result = self.squeue.host.run(sacct_argv(job_ids))
+        except HostError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return {}  # no sacct on this host
+            raise
+        if result.ok:
+            return parse_sacct(result.stdout, job_ids)
+        err = result.stderr.strip() or result.stdout.strip()
+        if is_transient(err):
+            raise TransientSchedulerError(f"sacct failed: {err[:300]}")
+        # no accounting, no sacct (127), or a refusal: cannot know, which is not an outcome
+        if _NO_ACCOUNTING not in err.lower():
+            log.warning("sacct failed (%s): gone jobs are not looked up", err[:300])
+        return {}
 
     def cancel(self, job_ids: list[str]) -> None:
         if not job_ids:

@@ -12,7 +12,9 @@ link, and created exclusively: nothing planted in the folder is written through.
 `max_result_bytes` stays in the task's own file, and its record says so.
 
 On SIGTERM/SIGINT (scancel, time limit) every unfinished task is recorded as `interrupted`
-before the worker exits; the runner turns that into the scheduler's real cause.
+before the worker exits; the runner turns that into the scheduler's real cause. A requeued job
+(SLURM_RESTART_COUNT > 0) runs again only the tasks its earlier attempts did not finish, and
+marks every line with its attempt, so the runner lets the new record replace the interrupted one.
 """
 
 import binascii
@@ -220,15 +222,17 @@ def _load_result(dir_fd, name, path, limit):
     return value
 
 
-def _count_records(data, job, indices):
-    """Lines of `data` the server counts as this job's task records (for a requeued job)."""
+def _count_records(data, job, indices, done):
+    """Lines of `data` the server counts as this job's task records (for a requeued job); the
+    tasks they finished go to `done` (not those interrupted or killed by a signal: the
+    scheduler's stop may have been what killed them, so they run again)."""
     n = 0
     for line in data.decode("utf-8", "replace").split("\n"):
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        n += (
+        if (
             isinstance(rec, dict)
             and "event" not in rec
             and type(rec.get("job")) is int
@@ -236,7 +240,12 @@ def _count_records(data, job, indices):
             and type(rec.get("i")) is int
             and rec["i"] in indices
             and rec.get("status") in ("ok", "failed", "interrupted")
-        )
+        ):
+            n += 1
+            error = rec.get("error")
+            cause = error.get("cause") if isinstance(error, dict) else None
+            if rec["status"] == "ok" or cause not in (None, "signal", "interrupted"):
+                done.add(rec["i"])
     return n
 
 
@@ -250,6 +259,10 @@ class Worker(object):
         self.indices = set(task["i"] for task in payload["tasks"])
         self.running = {}  # pid -> (task, started)
         self.done = set()
+        try:  # SLURM counts the job's requeues
+            self.attempt = max(0, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+        except ValueError:
+            self.attempt = 0
         self.cgroup_files = _memory_cgroup_files()
         self.oom_seen = _oom_kills(self.cgroup_files)
         self.max_result = int(payload.get("max_result_bytes") or DEFAULT_MAX_RESULT_BYTES)
@@ -272,6 +285,7 @@ class Worker(object):
         while self._exists(self.chunk_name(self.chunk + 1)):
             self.chunk += 1
         self.in_chunk, self.total = self._count_earlier_records()
+        self.pending = collections.deque(t for t in self.pending if t["i"] not in self.done)
         self.out = self.out_size = None
         self.open_chunk()
         self.devnull = os.open(os.devnull, os.O_RDONLY)
@@ -328,7 +342,7 @@ class Worker(object):
                 counts.append(0)
                 continue
             with contextlib.closing(os.fdopen(fd, "rb")) as fh:
-                counts.append(_count_records(fh.read(), self.job, self.indices))
+                counts.append(_count_records(fh.read(), self.job, self.indices, self.done))
         return counts[-1], sum(counts)
 
     def open_chunk(self):
@@ -483,6 +497,7 @@ class Worker(object):
         record = {
             "i": i,
             "job": self.job,
+            "attempt": self.attempt,
             "status": "ok",
             "exit_code": exit_code,
             "signal": sig,
@@ -492,7 +507,7 @@ class Worker(object):
         }
         if cause is None and sig is not None:
             cause = "signal"
-            message = "killed by %s" % _signal_name(sig)
+            message = "killed by %s (signal %d)" % (_signal_name(sig), sig)
             if sig == signal.SIGKILL:
                 now = _oom_kills(self.cgroup_files)
                 if now > self.oom_seen:
@@ -549,6 +564,7 @@ class Worker(object):
                 {
                     "i": task["i"],
                     "job": self.job,
+                    "attempt": self.attempt,
                     "status": "interrupted",
                     "signal": signum,
                     "error": {"cause": "interrupted", "message": "job received " + name},
@@ -588,6 +604,7 @@ class Worker(object):
                 "event": "start",
                 "t": time.time(),
                 "job": self.job,
+                "attempt": self.attempt,
                 "host": os.uname()[1],
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                 "n_tasks": len(self.pending),

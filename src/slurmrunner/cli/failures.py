@@ -56,7 +56,7 @@ class FailureReporter:
             self.said_more = True
             say(
                 "... more failures not shown "
-                f"(`slurmrunner results {self.run_id} --failed` lists them all)"
+                f"(`slurmrunner results {escape(self.run_id)} --failed` lists them all)"
             )
 
     def _maybe_hint(self) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import HostError, SlurmRunnerError
@@ -104,7 +105,7 @@ def logs(
     if tail is not None:
         data = b"".join(data.splitlines(keepends=True)[-tail:])
     elif len(data) < size:
-        say(f"(the last {len(data)} of {size} bytes of {path}; --all for the whole log)")
+        say(escape(f"(the last {len(data)} of {size} bytes of {path}; --all for the whole log)"))
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
 
@@ -150,7 +151,6 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
     for name in ("created", "state", "tasks", "backend", "user"):
         table.add_column(name, justify="right" if name == "tasks" else "left")
     for r in rows:
-        table.add_row(
-            r["id"], r["created"], r["state"], str(r["n_tasks"]), r["backend"], r["user"] or "-"
-        )
+        cells = (r["id"], r["created"], r["state"], str(r["n_tasks"]), r["backend"], r["user"])
+        table.add_row(*(escape(c or "-") for c in cells))
     return table

@@ -1,7 +1,9 @@
 """What the CLI prints: errors, results, the run summary and progress lines.
 
 Results (JSON lines) go to standard output; everything for a person goes to standard error.
-Text that comes from a task or a file goes through `escape`: a log may hold `[/oops]`.
+Rich reads `[...]` as markup in what it prints, table cells included: every text that comes
+from a record, a file, the store or the scheduler goes through `escape` (a log, a cause or a
+message may hold `[/oops]`, which would crash the print, or `[bold red]`, which would style it).
 """
 
 from __future__ import annotations
@@ -105,11 +107,11 @@ def summary(
 ) -> None:
     results = run.results()
     causes = failure_causes(results)
-    table = Table(title=f"run {run.id}", show_header=False, title_justify="left")
+    table = Table(title=f"run {escape(run.id)}", show_header=False, title_justify="left")
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # a path is folded, never cut short
     if state:
-        table.add_row("state", state)
+        table.add_row("state", escape(state))
     table.add_row("tasks", f"{status.n_tasks}")
     for key in ("ok", "failed", "cancelled"):
         if status.counts.get(key):
@@ -117,13 +119,14 @@ def summary(
     if causes:
         # Counted with a times sign: "exit_code: 2" would read like an exit status.
         counted = (f"{c} \N{MULTIPLICATION SIGN}{n}" for c, n in causes.most_common())
-        table.add_row("failure causes", ", ".join(counted))
+        table.add_row("failure causes", escape(", ".join(counted)))
     pending = status.n_tasks - status.finished
     if pending:
         table.add_row("unfinished", str(pending))
-    table.add_row("jobs", ", ".join(f"{s}: {n}" for s, n in sorted(status.jobs.items())))
+    jobs = ", ".join(f"{s}: {n}" for s, n in sorted(status.jobs.items()))
+    table.add_row("jobs", escape(jobs))
     calls = ", ".join(f"{name}: {n}" for name, n in sorted(status.calls.items()))
-    table.add_row("calls", calls or "none")
+    table.add_row("calls", escape(calls or "none"))
     if status.warnings:
         table.add_row("warnings", f"{len(set(status.warnings))} (printed as they came)")
     if elapsed is not None:
@@ -135,7 +138,7 @@ def summary(
         what = ", ".join(
             f"{n} {word}" for n, word in ((failed, "failed"), (cancelled, "cancelled")) if n
         )
-        say(f"[red]{what}[/] — `slurmrunner results {run.id} --failed`")
+        say(f"[red]{what}[/] — `slurmrunner results {escape(run.id)} --failed`")
 
 
 def status_dict(run: Run, st: RunStatus, state: str) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def _drive(run: Run, max_failures: int | None) -> RunStatus:
     try:
         return watch(run, max_failures)
     except TooManyFailures as exc:
-        say(f"[red]stopping:[/] {escape(str(exc))}; cancelling the rest of run {run.id}")
+        say(f"[red]stopping:[/] {escape(f'{exc}; cancelling the rest of run {run.id}')}")
         run.cancel()
         return run.status()
 
@@ -244,4 +244,4 @@ def cancel(run_id: RunArg, store: StoreOpt = None) -> None:
         n = attached.cancel()
     except SlurmRunnerError as exc:
         fail(str(exc))
-    say(f"cancelled {n} jobs of run {attached.id}")
+    say(escape(f"cancelled {n} jobs of run {attached.id}"))

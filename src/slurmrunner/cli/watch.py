@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..runner import Run, RunStatus
@@ -41,7 +42,7 @@ def watch(run: Run, max_failures: int | None = None) -> RunStatus:
             news(st)
             if time.monotonic() - last >= LOG_PROGRESS_EVERY_S and not st.done:
                 last = time.monotonic()
-                say(progress_line(st))
+                say(escape(progress_line(st)))
 
         run.wait(log_progress)
         return run.status()
@@ -54,10 +55,10 @@ def watch(run: Run, max_failures: int | None = None) -> RunStatus:
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task(f"run {run.id}", total=run.n_tasks, detail="")
+        task = bar.add_task(f"run {escape(run.id)}", total=run.n_tasks, detail="")
 
         def show(st: RunStatus) -> None:
-            detail = " ".join(f"{k}:{v}" for k, v in sorted(st.counts.items()))
+            detail = escape(" ".join(f"{k}:{v}" for k, v in sorted(st.counts.items())))
             bar.update(task, completed=st.finished, detail=detail)
             news(st)
 

@@ -290,6 +290,7 @@ class SSHHost:
         connection, `id -u` runs first (on a channel of its own) and nothing else runs unless
         the check passes."""
         transport, channel = self._open_channel()
+        delays = list(self._conn.reconnect_delays)
         while self._check_uid is not None:
             seen = self._conn.uid_seen
             if seen is not None and seen[0] is transport:
@@ -300,10 +301,17 @@ class SSHHost:
                     raise
                 return transport, channel
             try:
-                uid = self._remote_uid(transport, channel)
+                self._conn.uid_seen = (transport, self._remote_uid(transport, channel))
+            except SSHCommandInterrupted as exc:
+                # Only the check was sent, and it reads nothing: a dropped connection is
+                # retried on a new one, as opening a channel is.
+                if not delays:
+                    raise SSHConnectError(
+                        f"checking the uid of {self.target.endpoint}: {exc}"
+                    ) from None
+                time.sleep(delays.pop(0))
             finally:
                 _close_channel(channel)
-            self._conn.uid_seen = (transport, uid)
             transport, channel = self._open_channel()  # loops back to the check
         return transport, channel
 
@@ -311,11 +319,7 @@ class SSHHost:
         argv = ["id", "-u"]
         limits = (OutputBuffer(4096), OutputBuffer(4096))
         wait = max(self._conn.connect_timeout, 10.0)
-        try:
-            result = self._exchange(transport, channel, argv, "id -u", None, wait, limits)
-        except SSHCommandInterrupted as exc:
-            # Only the check was sent: the caller's command has not run (safe to retry).
-            raise SSHConnectError(f"checking the uid of {self.target.endpoint}: {exc}") from None
+        result = self._exchange(transport, channel, argv, "id -u", None, wait, limits)
         text = result.stdout.strip()
         if not result.ok or not text.isdigit():
             raise ImpersonationError(
