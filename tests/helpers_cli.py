@@ -3,6 +3,8 @@ tests (`python -m slurmrunner`): never a `slurmrunner` that happens to be on PAT
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -10,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner, Result
 
-from slurmrunner.cli import defaults
+from slurmrunner.cli import app, defaults
 
 
 def argv(*args: Any) -> list[str]:
@@ -45,3 +48,20 @@ def isolate_cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SLURMRUNNER_CONFIG", raising=False)
     monkeypatch.delenv("SLURMRUNNER_PROFILE", raising=False)
     monkeypatch.setattr(defaults, "SYSTEM_DIR", tmp_path / "etc-slurmrunner")
+
+
+def cli(*args: Any) -> Result:
+    """The CLI in this process (for output and parsing; commands that run tasks use
+    `slurmrunner`, a process of their own)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines on stderr: compare with whitespace runs folded to one space."""
+    return re.sub(r"\s+", " ", text)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path

@@ -11,13 +11,12 @@ from importlib.metadata import version
 
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
 from slurmrunner import Runner, Store
-from slurmrunner.cli import app, defaults
+from slurmrunner.cli import defaults
 from slurmrunner.cli.inspect_cmds import LOG_LIMIT_BYTES, runs_table
 from tests.conftest import EXAMPLES
-from tests.helpers_cli import isolate_cli_env, slurmrunner
+from tests.helpers_cli import cli, flat, isolate_cli_env, slurmrunner, write_json
 
 TASK = str(EXAMPLES / "task.py")
 
@@ -25,20 +24,6 @@ TASK = str(EXAMPLES / "task.py")
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     isolate_cli_env(monkeypatch, tmp_path)
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def flat(text):
-    return re.sub(r"\s+", " ", text)
-
-
-def write_json(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return path
 
 
 def write_inputs(path, inputs):

@@ -11,12 +11,10 @@ import sys
 
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
-from slurmrunner.cli import app
 from slurmrunner.cli.inspect_cmds import runs_table
 from tests.conftest import EXAMPLES
-from tests.helpers_cli import isolate_cli_env
+from tests.helpers_cli import cli, flat, isolate_cli_env
 
 TASK = str(EXAMPLES / "task.py")
 MARKUP = "[/oops] [bold red]x[/]"
@@ -25,14 +23,6 @@ MARKUP = "[/oops] [bold red]x[/]"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     isolate_cli_env(monkeypatch, tmp_path)
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def flat(text):
-    return re.sub(r"\s+", " ", text)
 
 
 def test_markup_from_records_store_and_paths_prints_literally(tmp_path):

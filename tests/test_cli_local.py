@@ -9,11 +9,9 @@ import re
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from slurmrunner.cli import app
 from tests.conftest import DOC_SNIPPET_1, DOC_SNIPPET_2, EXAMPLES
-from tests.helpers_cli import isolate_cli_env, slurmrunner
+from tests.helpers_cli import cli, flat, isolate_cli_env, slurmrunner, write_json
 
 TASK = str(EXAMPLES / "task.py")
 
@@ -21,20 +19,6 @@ TASK = str(EXAMPLES / "task.py")
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     isolate_cli_env(monkeypatch, tmp_path)
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def flat(text):
-    """Rich wraps long lines on stderr: compare with whitespace runs folded to one space."""
-    return re.sub(r"\s+", " ", text)
-
-
-def write_json(path, data):
-    path.write_text(json.dumps(data))
-    return path
 
 
 def write_inputs(path, inputs):
