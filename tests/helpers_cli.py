@@ -65,3 +65,9 @@ def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
+
+
+def write_inputs(path: Path, inputs: Any) -> Path:
+    """A JSON-lines inputs file, one task a line."""
+    path.write_text("".join(json.dumps(x) + "\n" for x in inputs))
+    return path

@@ -154,6 +154,18 @@ def server_process_of(client_port: int, server_port: int, listener: int | None) 
     not (a child of the listening sshd). Only this connection's process, never another's."""
     inodes = {f"socket:[{inode}]" for inode in _sockets(server_port, client_port)}
     assert inodes, f"no server-side socket for client port {client_port}"
+    holders = _holders_of(inodes)
+    assert holders, f"no process holds the server side of client port {client_port}"
+    tops = [pid for pid in holders if _parent(pid) not in holders]
+    assert len(tops) == 1, f"ambiguous server processes {sorted(holders)}"
+    pid = tops[0]
+    if listener is not None:
+        assert _parent(pid) == listener, f"sshd {pid} is not a child of the listener {listener}"
+    return pid
+
+
+def _holders_of(inodes: set[str]) -> set[int]:
+    """Every process with an open descriptor on one of `inodes` ("socket:[N]" links)."""
     holders: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -164,13 +176,7 @@ def server_process_of(client_port: int, server_port: int, listener: int | None) 
                     if os.readlink(fd) in inodes:
                         holders.add(int(entry.name))
                         break
-    assert holders, f"no process holds the server side of client port {client_port}"
-    tops = [pid for pid in holders if _parent(pid) not in holders]
-    assert len(tops) == 1, f"ambiguous server processes {sorted(holders)}"
-    pid = tops[0]
-    if listener is not None:
-        assert _parent(pid) == listener, f"sshd {pid} is not a child of the listener {listener}"
-    return pid
+    return holders
 
 
 def _cmdline(pid: int) -> str:
@@ -242,16 +248,7 @@ def sshd_connection(client_port: int, server_port: int, listener: int) -> SshdCo
         inodes = {f"socket:[{inode}]" for inode in _sockets(server_port, client_port)}
         if not inodes:
             return None
-        holders: set[int] = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                for fd in (entry / "fd").iterdir():
-                    with contextlib.suppress(OSError):
-                        if os.readlink(fd) in inodes:
-                            holders.add(int(entry.name))
-                            break
+        holders = _holders_of(inodes)
         monitors = [pid for pid in holders if _parent(pid) == listener]
         if len(monitors) != 1:
             return None

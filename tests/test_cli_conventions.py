@@ -16,7 +16,7 @@ from slurmrunner import Runner, Store
 from slurmrunner.cli import defaults
 from slurmrunner.cli.inspect_cmds import LOG_LIMIT_BYTES, runs_table
 from tests.conftest import EXAMPLES
-from tests.helpers_cli import cli, flat, isolate_cli_env, slurmrunner, write_json
+from tests.helpers_cli import cli, flat, isolate_cli_env, slurmrunner, write_inputs, write_json
 
 TASK = str(EXAMPLES / "task.py")
 
@@ -24,11 +24,6 @@ TASK = str(EXAMPLES / "task.py")
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     isolate_cli_env(monkeypatch, tmp_path)
-
-
-def write_inputs(path, inputs):
-    path.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    return path
 
 
 def prepared_runs(n):

@@ -14,7 +14,7 @@ from slurmrunner.cli.failures import SHOWN_FAILURES, FailureReporter
 from slurmrunner.results import TaskError, TaskResult
 from slurmrunner.store import Store
 from tests.conftest import EXAMPLES
-from tests.helpers_cli import isolate_cli_env, slurmrunner
+from tests.helpers_cli import isolate_cli_env, slurmrunner, write_inputs
 
 TASK = str(EXAMPLES / "task.py")
 
@@ -26,11 +26,6 @@ def _isolated(monkeypatch, tmp_path):
 
 def flat(text):
     return re.sub(r"\s+", " ", text)
-
-
-def write_inputs(path, inputs):
-    path.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    return path
 
 
 def read_results(text):

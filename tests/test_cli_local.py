@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import DOC_SNIPPET_1, DOC_SNIPPET_2, EXAMPLES
-from tests.helpers_cli import cli, flat, isolate_cli_env, slurmrunner, write_json
+from tests.helpers_cli import cli, flat, isolate_cli_env, slurmrunner, write_inputs, write_json
 
 TASK = str(EXAMPLES / "task.py")
 
@@ -19,11 +19,6 @@ TASK = str(EXAMPLES / "task.py")
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     isolate_cli_env(monkeypatch, tmp_path)
-
-
-def write_inputs(path, inputs):
-    path.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    return path
 
 
 # config check

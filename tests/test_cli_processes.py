@@ -22,6 +22,7 @@ import pytest
 
 from slurmrunner.store import Store
 from tests.conftest import EXAMPLES
+from tests.helpers_cli import write_inputs
 
 TASK = str(EXAMPLES / "task.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -157,11 +158,6 @@ def assert_nothing_left(env, run_id: str) -> None:
         30,
         f"processes of run {run_id} still alive: {processes_of(run_id)}",
     )
-
-
-def write_inputs(path: Path, inputs) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    return path
 
 
 def write_config(path: Path, jobs: int) -> Path:
