@@ -74,15 +74,20 @@ class Supervisor:
         self.children: dict[int, subprocess.Popen[bytes]] = {}  # row id -> job process
 
     # one look at the queue
-    def tick(self) -> bool:
-        """Reap, watch, escalate, start. Returns whether anything still needs watching."""
+    def tick(self) -> tuple[bool, bool]:
+        """Reap, watch, escalate, start. Returns whether anything still needs watching, and
+        whether only looking will see it (jobs it did not start, or pending kills)."""
         live = self.queue.rows("ended IS NULL AND started IS NOT NULL")
         for job in live:
             self._watch(job)
         self._escalate()
         self._start_pending()
         busy = self.queue.rows("ended IS NULL AND (started IS NOT NULL OR state = 'PENDING')")
-        return bool(busy)
+        polling = any(
+            (j.started is not None and j.id not in self.children) or j.kill_at is not None
+            for j in busy
+        )
+        return bool(busy), polling
 
     def _end(self, job_id: int, exit_code: int | None, how: str) -> None:
         with self.queue.write() as db:
@@ -185,15 +190,6 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
 
-    def needs_polling(self) -> bool:
-        """Jobs it did not start, or pending kills, are only seen by looking."""
-        foreign = [
-            j
-            for j in self.queue.rows("ended IS NULL AND started IS NOT NULL")
-            if j.id not in self.children
-        ]
-        return bool(foreign or self.queue.rows("ended IS NULL AND kill_at IS NOT NULL"))
-
 
 def _open_wake_fifo(queue: Queue) -> int:
     path = _wake_path(queue)
@@ -220,7 +216,7 @@ def run(queue_path: str, lock_fd: int) -> int:
     supervisor = Supervisor(queue)
     idle_since: float | None = None
     while True:
-        busy = supervisor.tick()
+        busy, polling = supervisor.tick()
         if busy:
             idle_since = None
         elif idle_since is None:
@@ -238,7 +234,7 @@ def run(queue_path: str, lock_fd: int) -> int:
             if not waiting:
                 return 0
             idle_since = None
-        timeout = _WATCH_S if supervisor.needs_polling() else LINGER_S
+        timeout = _WATCH_S if polling else LINGER_S
         ready, _, _ = select.select([sig_r, wake], [], [], timeout)
         for fd in ready:
             with contextlib.suppress(BlockingIOError):
