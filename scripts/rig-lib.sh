@@ -31,6 +31,8 @@ declare -A RIG_PIDFILE=(
     [slurmctld]=$RIG_SLURMCTLD_PIDFILE
     [slurmd]=$RIG_SLURMD_PIDFILE
     [sshd]=$RIG_SSHD_PIDFILE
+    [slurmdbd]=$RIG_SLURMDBD_PIDFILE
+    [mariadbd]=$RIG_MARIADB_PIDFILE
 )
 
 # True if PID is a live process: it exists and one of its threads is not a zombie. (The

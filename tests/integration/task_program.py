@@ -2,7 +2,9 @@
 """The task the integration tests run on the cluster (fractal calling form).
 
 Arguments select what it does: {"x": n} -> {"square": n*n}; "fail": exit status; "sleep": s;
-"env": [names] -> their values; "alloc_mb": touch that much memory; "whoami": the user.
+"env": [names] -> their values; "alloc_mb": touch that much memory; "whoami": the user;
+"oom_first": the OOM killer takes the job's other processes (the worker) before this one, so the
+job dies with its files silent.
 """
 
 import argparse
@@ -22,6 +24,15 @@ out = {}
 print("task args:", args, flush=True)
 if "sleep" in args:
     time.sleep(float(args["sleep"]))
+if args.get("oom_first"):
+    # Raising another process's oom_score_adj is allowed to its owner: every ancestor of the
+    # same user (the worker, the batch shell) goes first when the job's memory runs out.
+    pid = os.getppid()
+    while pid > 1 and os.stat(f"/proc/{pid}").st_uid == os.getuid():
+        with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
+            fh.write("1000")
+        with open(f"/proc/{pid}/stat") as fh:
+            pid = int(fh.read().rsplit(")", 1)[1].split()[1])
 if "alloc_mb" in args:
     block = bytearray(int(args["alloc_mb"]) * 1024 * 1024)
     for k in range(0, len(block), 4096):
