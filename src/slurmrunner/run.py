@@ -347,7 +347,11 @@ class Run(Submission, Asking):
 
     # cancellation
     def cancel(self) -> int:
-        """scancel the run's unfinished jobs (as the user); their tasks become `cancelled`."""
+        """scancel the run's unfinished jobs (as the user); their tasks become `cancelled`.
+        A run whose every task has ended has nothing to cancel: 0, and it stays done (its jobs
+        may still be leaving the queue, which is no work of the run's)."""
+        if sum(self.store.status_counts(self.id).values()) >= self.n_tasks:
+            return 0
         rows = [r for r in self.store.jobs(self.id) if not r.done]
         for row in rows:
             if row.job_id is None and row.state == "SUBMITTING":
