@@ -298,7 +298,10 @@ def test_a_project_folder_others_may_write_is_refused(tmp_path, mode, refused):
         assert r.store.jobs(r.store.runs()[0].id)[0].job_id is None
     else:
         assert [x.result["square"] for x in r.run([sys.executable, TASK], [{"x": 3}])] == [9]
+    if refused:  # refused before anything was made in it
+        assert list(project.iterdir()) == []
     (tmp_path / "proj").chmod(0o700)
+    (project / ".slurmrunner").mkdir(exist_ok=True)
     (project / ".slurmrunner").chmod(0o777)
     with pytest.raises(ConfigError, match=r"\.slurmrunner may be written"):
         r.submit([sys.executable, TASK], [{"x": 1}])
@@ -374,3 +377,38 @@ def test_a_task_that_kills_itself_stays_signal_with_its_number(tmp_path, how, na
     (r,) = runner(tmp_path).run([sys.executable, str(prog)], [{}])
     assert (r.status, r.error.cause) == ("failed", "signal")
     assert r.error.message == f"killed by {name} (signal {number})"
+
+
+def test_folders_are_looked_at_before_anything_is_made_in_them():
+    from slurmrunner.submission import check_before_making
+
+    subs = ["/p/.slurmrunner", "/p/.slurmrunner/runs"]
+    base = "drwx------ 2 1000 1000 40 Nov 30 14:27 /p/"
+    check_before_making(base, "/p", subs)  # nothing made yet: fine
+    mine = base + "\ndrwx------ 2 1000 1000 40 Nov 30 14:27 /p/.slurmrunner"
+    check_before_making(mine, "/p", subs)
+    planted = base + "\nlrwxrwxrwx 1 1001 1001 9 Nov 30 14:27 /p/.slurmrunner -> /home/bob"
+    with pytest.raises(ConfigError, match=r"\.slurmrunner is a link"):
+        check_before_making(planted, "/p", subs)
+    with pytest.raises(ConfigError, match="may be written by other users"):
+        check_before_making(base.replace("drwx------", "drwxrwxrwx"), "/p", subs)
+    foreign = base + "\ndrwx------ 2 1001 1001 40 Nov 30 14:27 /p/.slurmrunner"
+    with pytest.raises(ConfigError, match="belongs to another account"):
+        check_before_making(foreign, "/p", subs)
+    sticky_root = "drwxrwxrwt 2 0 0 40 Nov 30 14:27 /p/"
+    check_before_making(sticky_root + foreign[len(base) :], "/p", subs)  # checked after
+    with pytest.raises(HostError, match="cannot check"):
+        check_before_making("", "/p", subs)
+
+
+def test_a_link_planted_for_the_run_folders_is_refused_before_it_is_followed(tmp_path):
+    project, trap = tmp_path / "proj", tmp_path / "trap"
+    project.mkdir()
+    trap.mkdir()
+    (project / ".slurmrunner").symlink_to(trap)
+    r = Runner(
+        SlurmRunnerConfig(), Profile(backend="local", project_dir=str(project)), Store(":memory:")
+    )
+    with pytest.raises(ConfigError, match=r"\.slurmrunner is a link"):
+        r.submit([sys.executable, TASK], [{"x": 1}])
+    assert list(trap.iterdir()) == []

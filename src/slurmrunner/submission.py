@@ -70,6 +70,11 @@ class Submission:
     def _make_run_folder(self) -> None:
         base = self.spec.profile.resolved_project_dir()
         parents = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs"]
+        # Looked at before anything is made in them: a folder another account may write, or
+        # a link planted where our own folders go, is refused before a mkdir could follow it.
+        self._user(["mkdir", "-p", "-m", "700", base], check=True)
+        before = self._user(["ls", "-ldn", f"{base}/", *parents[1:]])  # missing ones: rc 2
+        check_before_making(before.stdout, base, parents[1:])
         self._user(["mkdir", "-p", "-m", "700", *parents], check=True)
         # No -p: refused if it exists (a run id is new, so only a plant would be there), and
         # not run again after a dropped connection, when "exists" could be our own doing.
@@ -207,6 +212,54 @@ class Submission:
         self.store.update_job(self.id, row.idx, state="FAILED", done=1)
 
 
+def _problem(mode: str) -> str | None:
+    sticky = mode[9:10] in ("t", "T")
+    if mode.startswith("l"):
+        return "is a link (the run's own folders are never links)"
+    if not mode.startswith("d"):
+        return "is not a folder"
+    if (mode[5:6] == "w" or mode[8:9] == "w") and not sticky:
+        return f"may be written by other users ({mode[:10]})"
+    return None
+
+
+def _refuse(path: str, problem: str) -> ConfigError:
+    return ConfigError(
+        f"project_dir: {path} {problem}: another account could replace a run's files "
+        f"there with links to yours. Make it yours and private (chmod go-w {path}), or "
+        "set project_dir to a folder of your own"
+    )
+
+
+def check_before_making(listing: str, base: str, subs: list[str]) -> None:
+    """Before the run's folders are made under `base` (`listing` is `ls -ldn BASE/ SUBS...`,
+    the missing SUBS absent): `base` must be a folder no other account may write, and each SUB
+    already there a real folder (not a link), not writable by others, owned by base's owner
+    (any owner when base is root's, like a sticky scratch: the check after making tells)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        name = line.split(" -> ", 1)[0] if fields[0].startswith("l") else line
+        for path in [f"{base}/", *subs]:
+            if name.endswith(" " + path):
+                seen[path.rstrip("/") or "/"] = (fields[0], fields[2])
+    if base not in seen:
+        raise HostError(f"cannot check the folder {base}: ls said {listing[:300]!r}")
+    base_mode, base_owner = seen[base]
+    if problem := _problem(base_mode):
+        raise _refuse(base, problem)
+    for path in subs:
+        if path not in seen:
+            continue
+        mode, owner = seen[path]
+        if problem := _problem(mode):
+            raise _refuse(path, problem)
+        if owner != base_owner and base_owner != "0":
+            raise _refuse(path, f"belongs to another account (uid {owner})")
+
+
 def check_folders(listing: str, parents: list[str], run_dir: str) -> None:
     """Refuse parents of the run folder that another account may change: not a folder,
     writable by group or others without the sticky bit, or owned by neither the user (the run
@@ -223,17 +276,8 @@ def check_folders(listing: str, parents: list[str], run_dir: str) -> None:
     user = seen[run_dir][1]
     for path in parents:
         mode, owner = seen[path]
-        sticky = mode[9:10] in ("t", "T")
-        if not mode.startswith("d"):
-            problem = "is not a folder"
-        elif (mode[5] == "w" or mode[8] == "w") and not sticky:
-            problem = f"may be written by other users ({mode[:10]})"
-        elif owner not in (user, "0"):
+        problem = _problem(mode)
+        if problem is None and owner not in (user, "0"):
             problem = f"belongs to another account (uid {owner})"
-        else:
-            continue
-        raise ConfigError(
-            f"project_dir: {path} {problem}: another account could replace a run's files "
-            f"there with links to yours. Make it yours and private (chmod go-w {path}), or "
-            "set project_dir to a folder of your own"
-        )
+        if problem:
+            raise _refuse(path, problem)
