@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import config_cmds, inspect_cmds, run_cmds
+from . import admin_cmds, config_cmds, inspect_cmds, run_cmds, service_cmds
 
 app = typer.Typer(
     help="Run a command over many inputs on SLURM (or locally), on behalf of a user.",
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check and show admin configs and Profiles.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(admin_cmds.admin_app, name="admin")
 
 
 def _version() -> str:
@@ -57,6 +58,7 @@ app.command("results")(inspect_cmds.results)
 app.command()(inspect_cmds.logs)
 app.command()(run_cmds.cancel)
 app.command()(inspect_cmds.runs)
+app.command()(service_cmds.serve)
 config_app.command("check")(config_cmds.check)
 config_app.command("show")(config_cmds.show)
 

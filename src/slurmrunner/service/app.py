@@ -1,0 +1,98 @@
+"""The FastAPI application: `create_app()` wires the database, the routers and error answers.
+
+Errors: a refused request is 4xx with a `detail` (422s in FastAPI's list shape, naming the
+field); a database that does not answer is 503 (a restarted PostgreSQL must not look like a
+bug); nothing a client sends is meant to produce a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+
+from ..errors import ConfigError
+from . import migrate
+from .db import make_engine, make_sessionmaker, parse_db_url
+from .errors import ServiceError
+from .routers import api_v1, operations
+
+log = logging.getLogger("slurmrunner.service")
+
+
+def _version() -> str:
+    try:
+        return version("slurmrunner")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def open_database(db_url: str | None) -> Engine:
+    """An engine on the database, migrated to this version's schema (`alembic upgrade head`)."""
+    engine = make_engine(parse_db_url(db_url))
+    migrate.upgrade(engine)
+    return engine
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, exc.status_code)
+
+    @app.exception_handler(ConfigError)
+    async def config_error(_: Request, exc: ConfigError) -> JSONResponse:
+        # The core's refusals (a task's resources, a policy rule) name the key themselves.
+        detail = [{"loc": ["body"], "msg": str(exc), "type": "config"}]
+        return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(_: Request, exc: IntegrityError) -> JSONResponse:
+        # The checks before a write make this a race between two requests (same name twice).
+        log.info("integrity error (concurrent change): %s", exc.orig)
+        return JSONResponse({"detail": "conflicts with a concurrent change; try again"}, 409)
+
+    @app.exception_handler(DataError)
+    async def data_error(_: Request, exc: DataError) -> JSONResponse:
+        # The schemas bound every value; this is the net under them (a value the database
+        # cannot hold is the client's, not a server error).
+        log.warning("database refused a value: %s", exc.orig)
+        detail = [{"loc": ["body"], "msg": "a value cannot be stored", "type": "data_error"}]
+        return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_: Request, exc: DBAPIError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "database unavailable; try again"}, 503, headers={"Retry-After": "5"}
+        )
+
+
+def create_app(db_url: str | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The service. `db_url` (default: SQLite under the state folder) is opened and migrated
+    now, so a bad URL or an unreachable database fails here, before anything listens; or pass
+    an `engine` that is already migrated."""
+    engine = engine if engine is not None else open_database(db_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="slurmrunner",
+        version=_version(),
+        summary="Run many tasks on a SLURM cluster on behalf of the users of a multi-user server",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    _error_handlers(app)
+    app.include_router(operations())
+    app.include_router(api_v1())
+    return app

@@ -1,0 +1,70 @@
+"""FastAPI dependencies: a database session per request, and who is asking.
+
+current_user               any active user with a valid token (else 401)
+current_superuser          ... who is a superuser (else 403)
+current_user_with_profile  ... who has a Profile (else 403): every run route uses it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from .auth import Refusal, authenticate
+from .models import User
+
+NO_PROFILE = "no Profile linked to your account; ask an admin"
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_db)]
+
+# auto_error=False: a missing or malformed header gets our 401 (with WWW-Authenticate), not
+# the scheme's own answer; the scheme still puts "Authorize" into /docs.
+_bearer = HTTPBearer(auto_error=False, description="an API token: `slurmrunner admin issue-token`")
+
+
+def _unauthorized(message: str, error: str | None) -> HTTPException:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return HTTPException(401, message, headers={"WWW-Authenticate": challenge})
+
+
+def current_user(
+    db: DbSession,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None:
+        raise _unauthorized("not authenticated: send 'Authorization: Bearer <token>'", None)
+    found = authenticate(db, credentials.credentials)
+    if isinstance(found, Refusal):
+        raise _unauthorized(found.value, "invalid_token")
+    return found
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def current_superuser(user: CurrentUser) -> User:
+    if not user.is_superuser:
+        raise HTTPException(403, "superuser only")
+    return user
+
+
+def current_user_with_profile(user: CurrentUser) -> User:
+    """The user, whose `profile` (and `profile.resource`) is set. Run routes then call
+    `checks.core_profile(user.profile, user.profile.resource)` before acting."""
+    if user.profile is None:
+        raise HTTPException(403, NO_PROFILE)
+    return user
+
+
+CurrentSuperuser = Annotated[User, Depends(current_superuser)]
+UserWithProfile = Annotated[User, Depends(current_user_with_profile)]
