@@ -93,6 +93,16 @@ if case in CASES:
     with open(os.path.join(run_dir, "results", "%d.jsonl" % job), "ab") as fh:
         data = CASES[case]()
         fh.write(data if case == "truncated line" else data + b"\n")
+if case in ("rewrites its run's separator", "copies another run's separator"):
+    import glob, time
+    time.sleep(args.get("delay", 0))  # the watcher has learnt the run's separator by then
+    text = "SLURMRUNNER-SEPARATOR-" + "f" * 32 + "\n"
+    if case == "copies another run's separator":
+        pattern = os.path.join(os.path.dirname(run_dir), "*", "results", "sep")
+        others = sorted(p for p in glob.glob(pattern) if not p.startswith(run_dir + os.sep))
+        text = open(others[0]).read() if others else text
+    with open(os.path.join(run_dir, "results", "sep"), "w") as fh:
+        fh.write(text)
 with open(out, "w") as fh:
     if case == "50 MB result":
         fh.write('{"blob": "' + "z" * 50_000_000 + '"}')
@@ -231,3 +241,73 @@ def check_case(watched: dict[str, Any], case: str) -> None:
     again = Runner.attach(run.id, Store(store.path))
     assert again.status().counts == run.status().counts
     assert again.results() == results
+
+
+#: Each in a run of its own (the whole run's files can no longer be cut): a task rewrites its
+#: run's separator file, with a token of its own or another run's of the same user.
+SEP_CASES = ("rewrites its run's separator", "copies another run's separator")
+
+
+def watch_cases_together(
+    runner: Runner, command: list[str], timeout: float = 120
+) -> dict[str, Any]:
+    """The cases' runs, the SEP_CASES runs and an honest one, driven by one Watcher (the
+    service's loop): one poll and, while nothing is off, one cat per cycle for all of them."""
+    from slurmrunner.watcher import Watcher
+
+    res = TaskResources(tasks_per_job=3, parallel_tasks_per_job=1)
+    groups = [list(CASES)[n::N_RUNS] for n in range(N_RUNS)]
+    where = {}
+    runs = []
+    for group in groups:
+        inputs = []
+        for k, case in enumerate(group):
+            other = 3 * (k + 1 if k + 1 < len(group) else k - 1)
+            hostile = {"x": 3 * k + 1, "case": case, "job": k, "other": other}
+            inputs += [{"x": 3 * k}, hostile, {"x": 3 * k + 2}]
+        run = runner.submit(command, inputs, res)
+        runs.append(run)
+        where.update({case: (run, k) for k, case in enumerate(group)})
+    sep_runs = {}
+    for case in SEP_CASES:
+        inputs = [{"x": i} for i in range(6)]
+        inputs[1] = {"x": 1, "case": case, "job": 0, "delay": 3}
+        sep_runs[case] = runner.submit(command, inputs, res)
+    honest = runner.submit(command, [{"x": i} for i in range(6)], res)
+    everyone = [*runs, *sep_runs.values(), honest]
+    watcher = Watcher(runner.poll_policy)
+    for run in everyone:
+        watcher.add(run)
+    statuses = {}
+    deadline = time.monotonic() + timeout
+    while len(statuses) < len(everyone):
+        assert time.monotonic() < deadline, "the runs did not finish"
+        watcher.step()
+        watching = {run.id for run in watcher.runs()}
+        for run in everyone:
+            if run.id not in watching and run.id not in statuses:
+                statuses[run.id] = status = run.status()
+                progress_line(status)
+        time.sleep(min(watcher.pause(), 0.2))
+    return {
+        "store": runner.store,
+        "where": where,
+        "honest": honest,
+        "statuses": statuses,
+        "sep_runs": sep_runs,
+        "watcher": watcher,
+    }
+
+
+def check_sep_case(watched: dict[str, Any], case: str) -> None:
+    """The run whose separator a task rewrote ends, and never with a forged value: each task
+    is its true result, or failed (its record could not be read any more)."""
+    run = watched["sep_runs"][case]
+    results = run.results()
+    assert [r.index for r in results] == list(range(6))
+    for r in results:
+        if r.status == "ok":
+            assert r.result == square(r.index), r
+        else:
+            assert r.status == "failed" and r.error is not None, r
+    assert watched["store"].run(run.id).state == "done"

@@ -1,12 +1,13 @@
-"""What the scheduler says of a run's jobs, as a Run asks it (run.Run holds the state named
-here).
+"""What the scheduler says of a run's jobs, as a Run takes it (run.Run holds the state named
+here; watcher.Watcher makes the calls, one for every run of a scheduler, and paces them).
 
-`squeue` is asked once per cycle for every unfinished job of the run. A job it no longer knows
-(it left the queue MinJobAge after its end, before anyone looked) is not concluded at once: if
-its files do not tell how it ended, the scheduler's history (`sacct`, one call per cycle for all
-such jobs) is asked first. Only when neither knows, after HISTORY_ANSWERS answers without it or
-HISTORY_FAILURES failed calls (a cluster without accounting, or whose database stays down, still
-ends its runs), is it taken as gone, and its tasks without a record become `lost`.
+`squeue` is asked once per cycle for every unfinished job of every run the watcher drives. A
+job it no longer knows (it left the queue MinJobAge after its end, before anyone looked) is not
+concluded at once: if its files do not tell how it ended, the scheduler's history (`sacct`, one
+call per cycle for all such jobs of all runs) is asked first. Only when neither knows, after
+HISTORY_ANSWERS answers without it or HISTORY_FAILURES failed calls (a cluster without
+accounting, or whose database stays down, still ends its runs), is it taken as gone, and its
+tasks without a record become `lost`.
 
 A job back in the queue after it ran (PENDING or REQUEUED again) was requeued, by preemption or
 `scontrol requeue`: that is a state change, said once, not an end to wait for at the fast pace.
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from .backends import Backend
 from .chunks import JobWatch
-from .errors import HostError, TransientSchedulerError
 from .jobstate import GONE, JobState
-from .pacing import PollPolicy
 from .store import JobRow, Store
 
 log = logging.getLogger("slurmrunner")
@@ -39,24 +39,29 @@ class Asking:
 
     id: str
     store: Store
-    poll_policy: PollPolicy
     backend: Backend
     calls: Counter[str]
     warnings: list[str]
-    _squeue_interval: float
+    _watch: dict[int, JobWatch]
 
-    # Defined by Run: the watch of each job and the run's warnings belong to watching.
-    def _w(self, row: JobRow) -> JobWatch:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # defined by Reading: the watch of each job, the run's warnings
 
-    def _warn_once(self, note: str) -> None:
-        raise NotImplementedError
+        def _w(self, row: JobRow) -> JobWatch: ...
 
-    def _awaits_state(self, row: JobRow) -> bool:
+        def _warn_once(self, note: str) -> None: ...
+
+    @staticmethod
+    def _awaiting(w: JobWatch) -> bool:
         """Its files ended with an interruption or a task killed by the scheduler's signal:
         only the scheduler knows why, so squeue is asked at the fast pace."""
-        w = self._w(row)
         return w.state is None and not w.gone and w.ended and (w.interrupted or bool(w.held))
+
+    def _awaits_state(self, row: JobRow) -> bool:
+        return self._awaiting(self._w(row))
+
+    def _awaits_any(self) -> bool:
+        """A job of the run awaits the scheduler's word (closed jobs never do)."""
+        return any(self._awaiting(w) for w in list(self._watch.values()))
 
     @staticmethod
     def _untold(w: JobWatch) -> bool:
@@ -70,18 +75,19 @@ class Asking:
             "tasks run again in its next attempt"
         )
 
-    def _squeue(self, rows: list[JobRow]) -> bool:
-        ids = [r.job_id for r in rows if r.job_id]
+    def _apply_squeue(
+        self, rows: list[JobRow], states: dict[str, JobState] | None, error: Exception | None
+    ) -> bool:
+        """Take the scheduler's answer for this run's jobs (`states`, from the one poll the
+        watcher made for every run of the scheduler; None when it failed with `error`).
+        Returns whether a job's state changed."""
         name = self.backend.scheduler.call_names["poll"]
         self.calls[name] += 1
-        try:
-            states = self.backend.scheduler.poll(ids)
-        except (TransientSchedulerError, HostError) as exc:
+        if states is None:
             # No answer is not an answer: keep every job as it was and ask again later.
             self.calls[name + "_errors"] += 1
-            self.warnings.append(f"{name}: {exc}")
-            log.warning("%s failed (%s); will retry", name, exc)
-            self._squeue_interval = self.poll_policy.squeue_min_s
+            self.warnings.append(f"{name}: {error}")
+            log.warning("%s failed (%s); will retry", name, error)
             return False
         changed = False
         for row in rows:
@@ -89,6 +95,7 @@ class Asking:
             if st is None:
                 continue
             w = self._w(row)
+            w.queue_state = st.state
             if st.state in REQUEUE_STATES and (
                 (w.ended and w.interrupted)
                 or (st.state != row.state and (row.state in RAN_STATES or w.started))
@@ -101,27 +108,23 @@ class Asking:
             if st.state != row.state:
                 self.store.update_job(self.id, row.idx, state=st.state, reason=st.reason)
                 changed = True
-        if changed:
-            self._squeue_interval = self.poll_policy.squeue_min_s
-        else:
-            self._squeue_interval = min(self._squeue_interval * 2, self.poll_policy.squeue_max_s)
         return changed
 
-    def _history(self, rows: list[JobRow]) -> bool:
-        """One history call for every job squeue lost whose files do not tell how it ended
-        (no end line, an interrupted one, or a task killed by the scheduler's signal)."""
-        gone = [r for r in rows if r.job_id and self._untold(self._w(r))]
-        if not gone:
-            return False
+    def _history_wanted(self, rows: list[JobRow]) -> list[JobRow]:
+        """The jobs squeue lost whose files do not tell how they ended (no end line, an
+        interrupted one, or a task killed by the scheduler's signal): the history is asked."""
+        return [r for r in rows if r.job_id and self._untold(self._w(r))]
+
+    def _apply_history(
+        self, gone: list[JobRow], known: dict[str, JobState] | None, error: Exception | None
+    ) -> bool:
+        """Take the history's answer for `gone` (None when the one call failed with `error`)."""
         name = self.backend.scheduler.call_names.get("history", "history")
         self.calls[name] += 1
-        try:
-            known = self.backend.scheduler.history([r.job_id for r in gone if r.job_id])
-        except (TransientSchedulerError, HostError) as exc:
+        if known is None:
             self.calls[name + "_errors"] += 1
-            self.warnings.append(f"{name}: {exc}")
-            log.warning("%s failed (%s); will retry", name, exc)
-            known = None
+            self.warnings.append(f"{name}: {error}")
+            log.warning("%s failed (%s); will retry", name, error)
         changed = False
         for row in gone:
             w = self._w(row)

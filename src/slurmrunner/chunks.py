@@ -58,12 +58,13 @@ class Piece:
 UNREADABLE = Piece("(not told apart from the other files)", False)
 
 
-def split_output(out: str, n_files: int) -> list[Piece] | None:
-    """The files of `cat_paths` output, in order; None when it cannot be cut."""
+def split_output(out: str, n_files: int, token: str | None = None) -> list[Piece] | None:
+    """The files of `cat_paths` output, in order; None when it cannot be cut. `token`: the
+    run's separator line as learnt from an earlier look; the output must begin with it."""
     if not out:  # no separator file yet, so no worker wrote anything: every file is absent
         return [Piece("", True)] * n_files
     head = SEPARATOR.match(out)
-    if head is None:
+    if head is None or (token is not None and head.group() != token):
         return None  # the separator file was changed or removed: nothing can be placed
     parts = out.split(head.group())
     # ["", f1, ..., fn, ""] when whole; fewer when the output was cut short.
@@ -103,6 +104,8 @@ class JobWatch:
     history_answers: int = 0  # history answers that did not know how it ended
     history_failures: int = 0  # history calls that failed
     started: bool = False  # a start line was read
+    looked_at: float = float("-inf")  # when its files were last read (watcher's clock)
+    queue_state: str = ""  # what the scheduler said of it last (PENDING, RUNNING, ...)
     attempt: int = 0  # the newest attempt whose start line was read (SLURM_RESTART_COUNT)
     bad: int = 0  # lines that are not valid lines of this job
     first_bad: str = ""

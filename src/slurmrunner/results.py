@@ -8,6 +8,7 @@ wrote lines that were not valid records (one of them may have been this task's).
 from __future__ import annotations
 
 import signal
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -45,14 +46,15 @@ SCHEDULER_SIGNALS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+# Slots: a run's results are held together at its end (Run.results), 100,000 of them at a time.
+@dataclass(frozen=True, slots=True)
 class TaskError:
     cause: str
     message: str
     log_tail: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskResult:
     index: int
     status: Status
@@ -69,14 +71,28 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies the result, only for it to be serialized.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {name: getattr(self, name) for name in _RESULT_FIELDS}
         data["error"] = asdict(self.error) if self.error else None
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskResult:
         err = data.get("error")
-        return cls(**{**data, "error": TaskError(**err) if err else None})
+        # The same few statuses, job ids and causes over a whole run: one string each.
+        status, job_id = data.get("status"), data.get("job_id")
+        return cls(
+            **{
+                **data,
+                "status": sys.intern(status) if isinstance(status, str) else status,
+                "job_id": sys.intern(job_id) if isinstance(job_id, str) else job_id,
+                "error": TaskError(**{**err, "cause": sys.intern(str(err.get("cause")))})
+                if err
+                else None,
+            }
+        )
+
+
+_RESULT_FIELDS = tuple(f.name for f in fields(TaskResult))
 
 
 def _failed(index: int, cause: str, message: str, **kw: Any) -> TaskResult:

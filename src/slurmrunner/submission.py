@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .backends import Backend
@@ -27,6 +27,7 @@ from .errors import (
     SubmitLimitError,
     TransientSchedulerError,
 )
+from .hosts.base import CommandResult, Host
 from .pacing import PollPolicy
 from .results import TaskError, TaskResult
 from .runspec import RunSpec, worker_source
@@ -105,17 +106,11 @@ class Submission:
     ) -> Any:
         """A command as the user (mkdir -p, cat); an idempotent one runs again if the
         connection dropped while it ran. `host_kw`: max_output, keep_tail (see hosts.base)."""
-        delays = [0.5, 1.0, 2.0]
-        while True:
+
+        def count() -> None:
             self.calls[argv[0]] += 1
-            try:
-                result = self.backend.user_host.run(argv, **host_kw)
-                break
-            except HostError as exc:
-                if not idempotent or not getattr(exc, "maybe_ran", False) or not delays:
-                    raise
-                log.warning("%s interrupted (%s); running it again", argv[0], exc)
-                time.sleep(delays.pop(0))
+
+        result = run_as_user(self.backend.user_host, argv, count, idempotent, **host_kw)
         if check and not result.ok:
             raise HostError(f"{' '.join(argv[:2])} ... failed: {result.stderr.strip()}")
         return result
@@ -210,6 +205,27 @@ class Submission:
         ]
         self._save(results)
         self.store.update_job(self.id, row.idx, state="FAILED", done=1)
+
+
+def run_as_user(
+    host: Host,
+    argv: list[str],
+    on_attempt: Callable[[], None],
+    idempotent: bool = True,
+    **host_kw: Any,
+) -> CommandResult:
+    """`argv` on the user's host, run again (up to 3 times) when the connection dropped while
+    it ran and running it twice does no harm; `on_attempt` is called before each run."""
+    delays = [0.5, 1.0, 2.0]
+    while True:
+        on_attempt()
+        try:
+            return host.run(argv, **host_kw)
+        except HostError as exc:
+            if not idempotent or not getattr(exc, "maybe_ran", False) or not delays:
+                raise
+            log.warning("%s interrupted (%s); running it again", argv[0], exc)
+            time.sleep(delays.pop(0))
 
 
 def _problem(mode: str) -> str | None:

@@ -12,9 +12,12 @@ from sqlalchemy import Engine
 
 from slurmrunner.service.db import make_engine
 from slurmrunner.service.models import Base
+from slurmrunner.store_schema import metadata as run_tables
 
 config = context.config
-target_metadata = Base.metadata
+# The service's own tables and the run store's (store_schema): autogenerate must see both, or
+# it would propose dropping the run tables.
+target_metadata = [Base.metadata, run_tables]
 
 
 def _engine() -> Engine:

@@ -1,0 +1,387 @@
+"""One loop that drives every active run of a process, of every user and backend.
+
+Runs are grouped twice (watchreads.RunKeys): by *scheduler*, the runs whose jobs one poll can
+answer (a local queue file; the SLURM of this host, asked as the server user for every sudo
+user; an SSH connection), and by *identity*, the runs whose files one `cat` can read (one
+cluster account). A cycle costs, per scheduler, at most one poll (squeue) for the jobs of all
+its runs and one history call (sacct) for the jobs squeue lost, and, per identity, one `cat` of
+every run's results chunks (watchreads.py; more only when something is off), each on its own
+adaptive pace; then every run stepped settles what is final. Run.poll/wait/as_completed are
+this loop with one run in it. What each cycle cost is in `stats` (watchstats.py).
+
+A run's step that fails (any exception) is logged and counted and the run is retried after
+a growing pause; it never stops the loop for the others. Thread-safe: add, remove, cancel,
+runs and stats may be used from any thread while run_forever or step runs in one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import HostError, TransientSchedulerError
+from .pacing import PollPolicy, ReadPace
+from .watchreads import Entry, Identity, RunKeys, SharedReads, run_keys
+from .watchstats import CallKey, CycleStats, WatcherStats
+
+if TYPE_CHECKING:
+    from .run import Run
+
+__all__ = ["RunKeys", "Watcher", "WatcherStats", "run_keys"]
+
+log = logging.getLogger("slurmrunner")
+
+ERROR_BACKOFF_MAX_S = 60.0
+#: A run's call counters are saved this often (a write per run): they are for reading later.
+COUNTERS_EVERY_S = 5.0
+FINAL_RUN_STATES = ("done", "cancelled", "failed")
+
+
+@dataclass
+class _Scheduler:
+    key: str
+    interval: float
+    next_at: float = 0.0
+    last_at: float = float("-inf")
+
+
+class Watcher(SharedReads):
+    def __init__(
+        self,
+        poll: PollPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        raise_errors: bool = False,
+        keys: Callable[[Run], RunKeys] | None = None,
+        counters_every_s: float = COUNTERS_EVERY_S,
+    ) -> None:
+        """`raise_errors`: a run's failure is raised to the caller (a watcher of one run) and
+        the run stays when it is done (its caller decides); `keys`: the grouping of runs;
+        `counters_every_s`: how often a run's call counters are saved (0: every cycle)."""
+        self.poll_policy = poll or PollPolicy()
+        self._counters_every_s = counters_every_s
+        self.stats = WatcherStats()
+        self._clock = clock
+        self._raise = raise_errors
+        self._keys = keys or (lambda run: run_keys(run.spec.profile, run.spec.local_queue))
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._incoming: list[Entry] = []
+        self._leaving: set[str] = set()
+        self._schedulers: dict[str, _Scheduler] = {}
+        self._identities: dict[str, Identity] = {}
+        self._wake = threading.Event()
+        self._calls: Counter[CallKey] = Counter()  # this cycle's
+        self._errors = 0
+
+    # runs in and out (any thread)
+    def add(self, run: Run, *, resume: bool = True, start: bool = False) -> None:
+        """Watch `run` from the next cycle: `start` it there (run folder, submission), or
+        `resume` it (submit what an earlier process did not)."""
+        with self._lock:
+            if run.id not in self._entries and all(e.run.id != run.id for e in self._incoming):
+                self._incoming.append(Entry(run, self._keys(run), resume, start))
+                self._leaving.discard(run.id)
+        self._wake.set()
+
+    def remove(self, run_id: str) -> None:
+        """Stop watching a run (its jobs go on; another watcher may take it)."""
+        with self._lock:
+            self._leaving.add(run_id)
+        self._wake.set()
+
+    def cancel(self, run_id: str) -> int:
+        """Cancel a watched run (it leaves at the next cycle); 0 when it is not watched."""
+        with self._lock:
+            entry = self._entries.get(run_id) or next(
+                (e for e in self._incoming if e.run.id == run_id), None
+            )
+        count = entry.run.cancel() if entry else 0
+        self._wake.set()
+        return count
+
+    def runs(self) -> list[Run]:
+        with self._lock:
+            return [e.run for e in [*self._entries.values(), *self._incoming]]
+
+    # the loop
+    def run_forever(self, stop: threading.Event) -> None:
+        """Cycle until `stop` is set; a new run wakes it at once."""
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                self.step()
+            except Exception:  # a fault of the watcher's own: logged, the loop goes on
+                log.exception("watcher cycle failed")
+            end = time.monotonic() + self.pause()
+            while not (stop.is_set() or self._wake.is_set()) and time.monotonic() < end:
+                stop.wait(min(end - time.monotonic(), 0.05))
+
+    def pause(self) -> float:
+        """Seconds until something is due (a read, a retry); at most the slow read pace."""
+        now = self._clock()
+        longest = self.poll_policy.read_max_s
+        with self._lock:
+            if self._incoming or self._leaving:
+                return 0.0
+            entries = list(self._entries.values())
+        due = [now + longest]
+        for e in entries:
+            due.append(max(self._identities[e.keys.identity].next_read, e.retry_at))
+            if e.run._retry_submit_at is not None:
+                due.append(now + e.run._retry_submit_at - time.monotonic())
+        return min(max(min(due) - now, 0.0), longest)
+
+    def step(self, read_all: bool = False) -> bool:
+        """One cycle; whether it brought news. `read_all`: read every identity now, whatever
+        its pace (a watcher of one run, paced by its caller)."""
+        started, cpu = self._clock(), time.process_time()
+        self._calls, self._errors = Counter(), 0
+        self._take_in(started)
+        now = self._clock()
+        polled = self._polls_due(now)
+        stepped = self._due(now, read_all, polled)
+        for e in stepped:
+            e.ok, e.news, e.rows = True, False, []
+            self._guard(e, self._prepare, e)
+        live = [e for e in stepped if e.ok and e.rows]
+        asked = []
+        for key, group in _by(live, lambda e: e.keys.scheduler).items():
+            if key in polled:
+                sched = self._schedulers[key]
+                self._poll(sched, group)
+                asked.append((sched, group))
+        read = []
+        for key, group in _by(live, lambda e: e.keys.identity).items():
+            ident = self._identities[key]
+            if read_all or now >= ident.next_read:
+                self._read(ident, [e for e in group if e.ok], now)
+                read.append((ident, group))
+        for sched, group in asked:
+            self._history(sched, [e for e in group if e.ok])
+        for e in live:
+            if e.ok:
+                self._guard(e, self._settle, e)
+        end = self._clock()
+        for e in stepped:
+            if e.ok:
+                e.errors = 0
+                if end - e.flushed_at >= self._counters_every_s or e.run.all_ended:
+                    self._guard(e, e.run._flush_counters)
+                    e.flushed_at = end
+        for ident, group in read:
+            news = any(e.news for e in group)
+            ident.next_read = end + ident.pace.after_read(news, end)
+        ids = {e.run.id for e in stepped}
+        for e in list(self._entries.values()):
+            ended = e.ok and e.run.id in ids and e.run.all_ended
+            if e.run._closed or (ended and not self._raise):
+                self._leave(e)
+        cycle = CycleStats(started, end - started, time.process_time() - cpu, len(stepped))
+        cycle.calls, cycle.errors = self._calls, self._errors
+        self.stats.record(cycle)
+        return any(e.news for e in stepped)
+
+    def _take_in(self, now: float) -> None:
+        with self._lock:
+            new, self._incoming = self._incoming, []
+            leaving, self._leaving = self._leaving, set()
+        for e in new:
+            self._entries[e.run.id] = e
+            self._schedulers.setdefault(
+                e.keys.scheduler, _Scheduler(e.keys.scheduler, self.poll_policy.squeue_min_s)
+            )
+            pace = ReadPace(self.poll_policy.read_min_s, self.poll_policy.read_max_s)
+            ident = self._identities.setdefault(e.keys.identity, Identity(e.keys.identity, pace))
+            ident.next_read = min(ident.next_read, now)  # a new run is read at once
+            ident.pace.interval = ident.pace.min_s
+            token = e.run._sep_token
+            if token is not None and ident.tokens.setdefault(token, e.run.id) != e.run.id:
+                e.run._sep_token = None  # another run's: learnt again, from its own look
+        for run_id in leaving:
+            if run_id in self._entries:
+                self._leave(self._entries[run_id], done=False)
+
+    def _polls_due(self, now: float) -> set[str]:
+        """The schedulers asked in this cycle: at their adaptive pace (every cycle when a
+        poll costs nothing), or at once when a job ended with an interruption or a killed task
+        and waits for the scheduler's word on why (still at most once per squeue_min_s)."""
+        due = set()
+        urgent_after = self.poll_policy.squeue_min_s
+        for e in self._entries.values():
+            sched = self._schedulers[e.keys.scheduler]
+            if sched.key in due or e.retry_at > now:
+                continue
+            if (
+                e.run.backend.scheduler.cheap_poll
+                or now >= sched.next_at
+                or (now >= sched.last_at + urgent_after and e.run._awaits_any())
+            ):
+                due.add(sched.key)
+        return due
+
+    def _due(self, now: float, read_all: bool, polled: set[str]) -> list[Entry]:
+        """The runs this cycle steps: those whose identity is read or whose scheduler is
+        asked now, and those with a submission due; the others wait untouched (a cycle costs
+        what is due, not what is watched)."""
+        out = []
+        for e in self._entries.values():
+            if e.retry_at > now:
+                continue  # its last step failed: it waits a while
+            retry = e.run._retry_submit_at
+            if (
+                read_all
+                or e.resume
+                or e.start
+                or e.keys.scheduler in polled
+                or now >= self._identities[e.keys.identity].next_read
+                or (retry is not None and time.monotonic() >= retry)
+            ):
+                out.append(e)
+        return out
+
+    def _guard(self, e: Entry, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) as one step of e's run, under its lock; a failure is e's alone."""
+        if not e.ok:
+            return None
+        try:
+            with e.run._lock:
+                if e.run._closed:
+                    e.ok = False
+                    return None
+                return fn(*args)
+        except Exception as exc:
+            if self._raise:
+                raise
+            self._failed(e, exc)
+            return None
+
+    def _failed(self, e: Entry, exc: BaseException) -> None:
+        e.ok = False
+        e.errors += 1
+        e.retry_at = self._clock() + min(2.0 ** (e.errors - 1), ERROR_BACKOFF_MAX_S)
+        self._errors += 1
+        self.stats.failed(e.run.id)
+        log.error("watching run %s failed: %r", e.run.id, exc, exc_info=exc)
+        e.run._warn_once(f"watching this run failed ({type(exc).__name__}); it is retried")
+        try:
+            final = e.run.store.run(e.run.id).state in FINAL_RUN_STATES
+        except Exception:  # the store itself is down: keep the run, retry later
+            final = False
+        if final:
+            with self._lock:
+                self._leaving.add(e.run.id)
+
+    def _count(self, kind: str, group: str, n: int) -> None:
+        if n > 0:
+            self._calls[(kind, group)] += n
+
+    def _fail_all(self, entries: list[Entry], exc: BaseException) -> None:
+        if self._raise:
+            raise exc
+        for e in entries:
+            self._failed(e, exc)
+
+    def _leave(self, e: Entry, done: bool = True) -> None:
+        del self._entries[e.run.id]
+        self._guard(e, e.run._flush_counters)  # what is still counted here
+        ident = self._identities[e.keys.identity]
+        if ident.tokens.get(e.run._sep_token or "") == e.run.id:
+            del ident.tokens[e.run._sep_token or ""]
+        ident.alone.discard(e.run.id)
+        ident.sizes.pop(e.run.id, None)
+        ident.unlearnt.pop(e.run.id, None)
+        if done and not e.run._closed:
+            try:
+                if e.run.store.run(e.run.id).state != "cancelled":
+                    e.run.store.set_run_state(e.run.id, "done")
+            except Exception as exc:
+                log.error("run %s ended, but its state was not saved: %r", e.run.id, exc)
+
+    # the phases of a cycle
+    def _prepare(self, e: Entry) -> None:
+        run = e.run
+        submit = run.backend.scheduler.call_names.get("submit", "submit")
+        before = run.calls[submit]
+        if e.start:
+            e.start = e.resume = False
+            try:
+                run.start()  # flushes the run's counters: its jobs count as the submissions
+            except Exception:
+                # Not to be tried again (its folder is refused once made): what went through
+                # is cancelled, and the run is failed.
+                try:
+                    run.cancel()
+                finally:
+                    run.store.set_run_state(run.id, "failed")
+                raise
+            e.rows = run._rows()
+            self._count("submit", e.keys.scheduler, len(e.rows))
+            return
+        if e.resume:
+            e.resume = False
+            run._submit_missing()
+        e.rows = run._rows()
+        self._count("submit", e.keys.scheduler, run.calls[submit] - before)
+
+    def _poll(self, sched: _Scheduler, group: list[Entry]) -> None:
+        """One poll for the jobs of every run of the scheduler; each run takes its answer."""
+        ids = [r.job_id for e in group for r in e.rows if r.job_id]
+        states, error = None, None
+        self._calls[("poll", sched.key)] += 1
+        try:
+            states = group[0].run.backend.scheduler.poll(ids)
+        except (TransientSchedulerError, HostError) as exc:
+            error = exc
+        except Exception as exc:
+            self._fail_all(group, exc)
+            return
+        changed = False
+        for e in group:
+            if self._guard(e, e.run._apply_squeue, e.rows, states, error):
+                e.news = changed = True
+        policy = self.poll_policy
+        if error is not None or changed:
+            sched.interval = policy.squeue_min_s
+        else:
+            sched.interval = min(sched.interval * 2, policy.squeue_max_s)
+        sched.last_at = self._clock()
+        sched.next_at = sched.last_at + sched.interval
+
+    def _history(self, sched: _Scheduler, group: list[Entry]) -> None:
+        """After the read (a gone job whose files tell how it ended needs no history): one
+        history call for the jobs squeue lost, of every run of the scheduler."""
+        wanted = [(e, self._guard(e, e.run._history_wanted, e.rows)) for e in group]
+        wanted = [(e, gone) for e, gone in wanted if gone]
+        if not wanted:
+            return
+        ids = [r.job_id for _, gone in wanted for r in gone if r.job_id]
+        known, error = None, None
+        self._calls[("history", sched.key)] += 1
+        try:
+            known = wanted[0][0].run.backend.scheduler.history(ids)
+        except (TransientSchedulerError, HostError) as exc:
+            error = exc
+        except Exception as exc:
+            self._fail_all([e for e, _ in wanted], exc)
+            return
+        for e, gone in wanted:
+            if self._guard(e, e.run._apply_history, gone, known, error):
+                e.news = True
+
+    def _settle(self, e: Entry) -> None:
+        before = e.run.calls["cat"]
+        e.news |= e.run._settle_rows(e.rows)
+        self._count("job_output", e.keys.identity, e.run.calls["cat"] - before)
+
+
+def _by(entries: list[Entry], key: Callable[[Entry], str]) -> dict[str, list[Entry]]:
+    groups: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        groups[key(e)].append(e)
+    return groups
