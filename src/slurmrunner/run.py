@@ -254,8 +254,7 @@ class Run(Reading, Settling, Submission, Asking):
 
     def results(self) -> list[TaskResult]:
         """Finished tasks' results, in input order (unfinished ones are left out)."""
-        found = self.store.results(self.id)
-        return [found[i] for i in sorted(found)]
+        return self.store.results_in_order(self.id)
 
     def job_ids(self) -> list[str]:
         return [j.job_id for j in self.store.jobs(self.id) if j.job_id]
