@@ -137,9 +137,9 @@ def serve(
 ) -> None:
     """Start the multi-user service (HTTP API under /api/v1, docs at /docs, /healthz).
 
-    The database is created or upgraded to this version's schema first. Put it behind a
-    reverse proxy for TLS; bootstrap the first admin with `slurmrunner admin create-user EMAIL
-    --superuser`.
+    The database is created or upgraded to this version's schema first.
+    Put it behind a reverse proxy for TLS.
+    The first admin: `slurmrunner admin create-user EMAIL --superuser`.
     """
     import uvicorn
 
