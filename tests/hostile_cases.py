@@ -16,10 +16,12 @@ work on the hostile run.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from slurmrunner import Runner, Store, TaskResources
+from slurmrunner import Profile, Runner, SlurmRunnerConfig, Store, TaskResources
 from slurmrunner.cli.failures import describe_failure
 from slurmrunner.cli.output import progress_line
 
@@ -164,6 +166,15 @@ N_RUNS = 4
 
 def square(i: int) -> dict:
     return {"x": i, "square": i * i}
+
+
+def local_runner(tmp: Path) -> tuple[Runner, list[str]]:
+    """A local-backend runner in `tmp` and the command of the cases' task (written there)."""
+    task = tmp / "task.py"
+    task.write_text(TASK)
+    profile = Profile(backend="local", project_dir=str(tmp / "proj"))
+    runner = Runner(SlurmRunnerConfig(), profile, Store(tmp / "store.sqlite"))
+    return runner, [sys.executable, "-S", str(task)]
 
 
 def watch_cases(runner: Runner, command: list[str], timeout: float = 120) -> dict[str, Any]:

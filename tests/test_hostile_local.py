@@ -12,19 +12,12 @@ import pytest
 
 from slurmrunner import Profile, Runner, SlurmRunnerConfig, Store, TaskResources
 
-from .hostile_cases import CASES, TASK, check_case, check_honest, watch_cases
+from .hostile_cases import CASES, check_case, check_honest, local_runner, watch_cases
 
 
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile")
-    task = tmp / "task.py"
-    task.write_text(TASK)
-    store = Store(tmp / "store.sqlite")
-    runner = Runner(
-        SlurmRunnerConfig(), Profile(backend="local", project_dir=str(tmp / "proj")), store
-    )
-    return watch_cases(runner, [sys.executable, "-S", str(task)])
+    return watch_cases(*local_runner(tmp_path_factory.mktemp("hostile")))
 
 
 def test_the_honest_run_watched_beside_them_is_right(watched):

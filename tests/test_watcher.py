@@ -24,10 +24,10 @@ from tests.fake_slurm import EVERY_CYCLE, end, fake_run, ok, start, write
 from .hostile_cases import (
     CASES,
     SEP_CASES,
-    TASK,
     check_case,
     check_honest,
     check_sep_case,
+    local_runner,
     watch_cases_together,
 )
 
@@ -288,14 +288,8 @@ def test_a_file_holding_another_runs_token_gets_its_run_read_alone(tmp_path):
 # the hostile-output cases, all driven by one watcher
 @pytest.fixture(scope="module")
 def together(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("together")
-    task = tmp / "task.py"
-    task.write_text(TASK)
-    store = Store(tmp / "store.sqlite")
-    runner = Runner(
-        SlurmRunnerConfig(), Profile(backend="local", project_dir=str(tmp / "proj")), store
-    )
-    return watch_cases_together(runner, [sys.executable, "-S", str(task)], timeout=240)
+    runner, command = local_runner(tmp_path_factory.mktemp("together"))
+    return watch_cases_together(runner, command, timeout=240)
 
 
 def test_the_honest_run_in_one_watcher_with_hostile_ones_is_right(together):

@@ -42,9 +42,8 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.pool import StaticPool
 
-# The service's naming convention (service/models.py), so that a later migration can name
-# what it alters on both databases. Repeated, not imported: the core must not import the
-# service.
+# Named constraints, so that a later migration can name what it alters on both databases.
+# The service's own tables (service/models.py) take this convention too.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",

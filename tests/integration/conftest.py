@@ -33,6 +33,7 @@ RIG_ENV = {
 }
 SERVER = RIG_ENV.get("RIG_SERVER_USER", "slurmsrv")
 SLURMRUNNER = "/opt/slurmrunner/venv/bin/slurmrunner"
+PYTHON = "/opt/slurmrunner/venv/bin/python"
 SHARED = Path("/opt/slurmrunner/it")  # readable by the server user and the cluster users
 TASK = str(SHARED / "task_program.py")
 PROJECT = "/home/alice/proj"
@@ -128,6 +129,22 @@ class Srv:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             **kw,
+        )
+
+    def python(
+        self, *args: str, cwd: str = "/", timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """The server's own Python (scripts/server-install), as the server user."""
+        return subprocess.run(
+            [PYTHON, *args],
+            user=SERVER,
+            group=SERVER,
+            extra_groups=[],
+            env=self.env(),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

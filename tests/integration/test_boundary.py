@@ -14,7 +14,6 @@ import pytest
 from .conftest import (
     CONFIG,
     PROJECT,
-    SERVER,
     TASK,
     Srv,
     job_ids,
@@ -129,16 +128,7 @@ print(run.id)
 def test_bobs_job_named_like_alices_lost_submission_is_never_adopted(srv: Srv) -> None:
     config = srv.write("config.json", CONFIG)
     profile = srv.write("profile.json", profiles()["sudo"])
-    prepared = subprocess.run(
-        ["/opt/slurmrunner/venv/bin/python", "-c", PREPARE, config, profile, srv.store, TASK],
-        user=SERVER,
-        group=SERVER,
-        extra_groups=[],
-        env=srv.env(),
-        cwd="/",
-        capture_output=True,
-        text=True,
-    )
+    prepared = srv.python("-c", PREPARE, config, profile, srv.store, TASK)
     assert prepared.returncode == 0, prepared.stderr
     run_id = prepared.stdout.strip()
     name = f"sr-{run_id}-0"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 from ..hostile_cases import CASES, TASK
 from .conftest import CONFIG, SERVER, SHARED, Srv, profiles
 
-PYTHON = "/opt/slurmrunner/venv/bin/python"
 # Many small jobs (3 tasks each), and room for the task that writes a 50 MB result.
 HOSTILE_CONFIG = {
     **CONFIG,
@@ -42,23 +40,9 @@ def report(rig: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dic
     profile = srv.write("profile.json", profiles()["sudo"])
     for path in work.iterdir():
         path.chmod(0o644)
-    proc = subprocess.run(
-        [
-            PYTHON,
-            str(work / "hostile_driver.py"),
-            config,
-            profile,
-            srv.store,
-            str(work / "task.py"),
-        ],
-        user=SERVER,
-        group=SERVER,
-        extra_groups=[],
-        env=srv.env(),
-        cwd=str(work),
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    driver = str(work / "hostile_driver.py")
+    proc = srv.python(
+        driver, config, profile, srv.store, str(work / "task.py"), cwd=str(work), timeout=1200
     )
     shutil.rmtree(work, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-5000:]

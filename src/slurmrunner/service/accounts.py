@@ -12,15 +12,13 @@ from sqlalchemy.orm import Session
 from . import models
 from .auth import token_row
 from .errors import Conflict, Invalid, NotFound
+from .lookups import by_id
 from .models import ApiToken, User, utcnow
 from .schemas.users import UserCreate, UserUpdate
 
 
 def get_user(db: Session, user_id: int) -> User:
-    user = db.get(User, user_id)
-    if user is None:
-        raise NotFound(f"no user with id {user_id}")
-    return user
+    return by_id(db, User, user_id, "user")
 
 
 def user_by_email(db: Session, email: str) -> User:

@@ -12,23 +12,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .checks import core_profile, validate_runner_config
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid
+from .lookups import by_id, by_name
 from .models import Profile, Resource, User
 from .schemas.clusters import ProfileCreate, ProfileUpdate, ResourceCreate, ResourceUpdate
 
 
 def get_resource(db: Session, resource_id: int) -> Resource:
-    resource = db.get(Resource, resource_id)
-    if resource is None:
-        raise NotFound(f"no Resource with id {resource_id}")
-    return resource
+    return by_id(db, Resource, resource_id)
 
 
 def resource_by_name(db: Session, name: str) -> Resource:
-    found = db.scalars(select(Resource).where(Resource.name == name)).one_or_none()
-    if found is None:
-        raise NotFound(f"no Resource named {name!r}")
-    return found
+    return by_name(db, Resource, name)
 
 
 def list_resources(db: Session) -> list[Resource]:
@@ -101,17 +96,11 @@ def delete_resource(db: Session, resource: Resource) -> None:
 
 
 def get_profile(db: Session, profile_id: int) -> Profile:
-    profile = db.get(Profile, profile_id)
-    if profile is None:
-        raise NotFound(f"no Profile with id {profile_id}")
-    return profile
+    return by_id(db, Profile, profile_id)
 
 
 def profile_by_name(db: Session, name: str) -> Profile:
-    found = db.scalars(select(Profile).where(Profile.name == name)).one_or_none()
-    if found is None:
-        raise NotFound(f"no Profile named {name!r}")
-    return found
+    return by_name(db, Profile, name)
 
 
 def list_profiles(db: Session, resource_id: int | None = None) -> list[Profile]:

@@ -24,17 +24,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-RESOURCE_TYPES = ("local", "slurm_sudo", "slurm_ssh")
+# Named constraints (Alembic's batch mode on SQLite and later migrations name what they alter):
+# the run tables' convention, one for the whole database.
+from ..store_schema import NAMING
 
-# Named constraints: Alembic's batch mode (SQLite) and later migrations can then name what
-# they drop or alter, on both databases.
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+RESOURCE_TYPES = ("local", "slurm_sudo", "slurm_ssh")
 
 
 def utcnow() -> datetime:
