@@ -29,6 +29,7 @@ from .store import Store
 __all__ = ["CALL_FORMS", "Run", "RunStatus", "Runner", "new_run_id", "worker_source"]
 
 Resources = TaskResources | Mapping[str, Any] | None
+Owner = tuple[int, int, int]  # the service's (user_id, resource_id, profile_id)
 # Partitions change rarely: one sinfo per profile and partition per SHAPE_MAX_AGE_S.
 SHAPE_MAX_AGE_S = 300.0
 _shapes: dict[tuple[str, str | None], tuple[float, PartitionShape | None]] = {}
@@ -113,11 +114,14 @@ class Runner:
         resources: Resources = None,
         call: str = "fractal",
         workdir: str | None = None,
+        *,
+        owner: Owner | None = None,
     ) -> Run:
         """Plan and store the run; nothing is submitted until `Run.start()`.
 
         The run id exists before any job does, so an interruption while submitting can be
-        cleaned up: `Run.cancel()` cancels what went through and drops the rest.
+        cleaned up: `Run.cancel()` cancels what went through and drops the rest. `owner`: the
+        service's user, Resource and Profile ids kept with the run.
         """
         run_id = new_run_id()
         inputs = _as_inputs(inputs)
@@ -142,7 +146,16 @@ class Runner:
             # Fewer, bigger jobs made a script too large: keep the plain plan instead.
             spec = replace(fitted, partition=None)
             self._check_sizes(spec.jobs(tasks))
-        self.store.create_run(run_id, spec.to_dict(), inputs, spec.plan.job_sizes)
+        user_id, resource_id, profile_id = owner or (None, None, None)
+        self.store.create_run(
+            run_id,
+            spec.to_dict(),
+            inputs,
+            spec.plan.job_sizes,
+            user_id=user_id,
+            resource_id=resource_id,
+            profile_id=profile_id,
+        )
         run = Run(run_id, self.store, spec, self.poll_policy, connections_before)
         if asked:
             run.calls[backend.scheduler.call_names["shape"]] += 1

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     URL,
@@ -33,6 +33,7 @@ from sqlalchemy import (
     Executable,
     bindparam,
     event,
+    func,
     insert,
     make_url,
     select,
@@ -49,6 +50,8 @@ _runs, _jobs, _tasks, _counts = schema.runs, schema.jobs, schema.tasks, schema.s
 # Indices per SELECT of save_results: far below SQLite's (32,766) and PostgreSQL's (65,535)
 # bound-parameter limits, whatever size of batch a caller hands in.
 _SAVE_CHUNK = 1000
+# Which results a page holds: one status, or every task that did not end ok.
+StatusFilter = Literal["ok", "failed", "cancelled", "not_ok"] | None
 
 
 def default_store_path() -> Path:
@@ -137,7 +140,9 @@ _UNSAVED = select(_tasks.c.idx).where(
     _tasks.c.result.is_(None),
 )
 _UNSAVED = _UNSAVED.order_by(_tasks.c.idx).with_for_update()  # no FOR UPDATE on SQLite
-_SAVE = update(_tasks).values(result=bindparam("result"))
+_SAVE = update(_tasks).values(
+    result=bindparam("result"), status=bindparam("status"), cause=bindparam("cause")
+)
 _SAVE = _SAVE.where(
     _tasks.c.run_id == bindparam("rid"), _tasks.c.idx == bindparam("i"), _tasks.c.result.is_(None)
 )
@@ -271,11 +276,15 @@ class Store:
             raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
         return _run_row(rows[0])
 
-    def runs(self, limit: int = 50, user_id: int | None = None) -> list[RunRow]:
-        """The newest runs; only `user_id`'s when given."""
+    def runs(
+        self, limit: int = 50, user_id: int | None = None, state: str | None = None
+    ) -> list[RunRow]:
+        """The newest runs; only `user_id`'s, only those in `state`, when given."""
         query = select(_runs).order_by(_runs.c.created.desc()).limit(limit)
         if user_id is not None:
             query = query.where(_runs.c.user_id == user_id)
+        if state is not None:
+            query = query.where(_runs.c.state == state)
         with self._read() as conn:
             return [_run_row(r) for r in conn.execute(query)]
 
@@ -290,16 +299,19 @@ class Store:
         """The service user who owns the run (None for a run of the CLI)."""
         return self.run(run_id).user_id
 
-    def resolve_run_id(self, text: str) -> str:
-        """A run id from what a person types: the whole id, `last`, or a unique prefix."""
+    def resolve_run_id(self, text: str, user_id: int | None = None) -> str:
+        """A run id from what a person types: the whole id, `last`, or a unique prefix; among
+        `user_id`'s runs only, when given."""
         newest = select(_runs.c.id).order_by(_runs.c.created.desc())
+        if user_id is not None:
+            newest = newest.where(_runs.c.user_id == user_id)
         with self._read() as conn:
             if text == "last":
                 last = conn.execute(newest.limit(1)).scalar()
                 if last is None:
                     raise RunNotFoundError(f"no runs yet in {self.path}")
                 return str(last)
-            exact = conn.execute(select(_runs.c.id).where(_runs.c.id == text)).scalar()
+            exact = conn.execute(newest.where(_runs.c.id == text)).scalar()
             if exact is not None:
                 return str(exact)
             # Escape LIKE's wildcards: an id never holds them, a typo might.
@@ -369,9 +381,7 @@ class Store:
             if not unsaved:
                 return
             save = self._save
-            rows = [
-                save.args(rid=run_id, i=i, result=json.dumps(first[i].to_dict())) for i in unsaved
-            ]
+            rows = [_save_row(save, run_id, first[i]) for i in unsaved]
             conn.exec_driver_sql(save.sql, rows)  # type: ignore[arg-type]
             by_status = Counter(first[i].status for i in unsaved)
             # Sorted: two savers on PostgreSQL lock the count rows in one order.
@@ -394,6 +404,47 @@ class Store:
         with self._lock:
             cursor = self._fast.execute(fast.sql, fast.args(**params))
             return [TaskResult.from_dict(json.loads(r[1])) for r in cursor]
+
+    def result(self, run_id: str, index: int) -> TaskResult | None:
+        """One task's result (None: not finished yet)."""
+        c = _tasks.c
+        query = select(c.result).where(c.run_id == run_id, c.idx == index)
+        with self._read() as conn:
+            found = conn.execute(query).scalar()
+        return TaskResult.from_dict(json.loads(found)) if found else None
+
+    def results_page(
+        self, run_id: str, status: StatusFilter = None, after: int = -1, limit: int = 1000
+    ) -> list[TaskResult]:
+        """Up to `limit` finished tasks' results with index > `after`, by index; only those of
+        `status` when given ("not_ok": failed or cancelled). Paged by index, not OFFSET: each
+        page costs the same, however deep."""
+        c = _tasks.c
+        query = select(c.result).where(c.run_id == run_id, c.idx > after, c.result.is_not(None))
+        query = _status_filter(query, status).order_by(c.idx).limit(limit)
+        with self._read() as conn:
+            return [TaskResult.from_dict(json.loads(r)) for r in conn.execute(query).scalars()]
+
+    def count_results(self, run_id: str, status: StatusFilter = None) -> int:
+        c = _tasks.c
+        query = select(func.count()).where(c.run_id == run_id, c.result.is_not(None))
+        with self._read() as conn:
+            return int(conn.execute(_status_filter(query, status)).scalar() or 0)
+
+    def cause_counts(self, run_id: str) -> Counter[str]:
+        """Tasks that did not end ok, by cause (out_of_memory, time_limit, exit_code, ...)."""
+        c = _tasks.c
+        query = select(c.cause, func.count()).where(c.run_id == run_id, c.cause.is_not(None))
+        with self._read() as conn:
+            return Counter(dict(conn.execute(query.group_by(c.cause)).tuples().all()))
+
+    def count_active_runs(self, user_id: int) -> int:
+        """A user's runs not yet done, cancelled or failed (the per-user limit)."""
+        query = select(func.count()).where(
+            _runs.c.user_id == user_id, _runs.c.state.not_in(schema.FINAL_RUN_STATES)
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def status_counts(self, run_id: str) -> Counter[str]:
         """Finished tasks by status (ok / failed / cancelled), as kept by save_results."""
@@ -418,6 +469,21 @@ class Store:
         query = select(c.name, c.n).where(c.run_id == run_id).order_by(c.name)
         with self._read() as conn:
             return {r[0]: r[1] for r in conn.execute(query)}
+
+
+def _status_filter(query: Any, status: StatusFilter) -> Any:
+    if status == "not_ok":
+        return query.where(_tasks.c.status != "ok")
+    if status is not None:
+        return query.where(_tasks.c.status == status)
+    return query
+
+
+def _save_row(save: schema.Compiled, run_id: str, r: TaskResult) -> Any:
+    cause = r.error.cause if r.error else None
+    return save.args(
+        rid=run_id, i=r.index, result=json.dumps(r.to_dict()), status=r.status, cause=cause
+    )
 
 
 def _run_row(r: Any) -> RunRow:

@@ -98,6 +98,10 @@ tasks = Table(
     Column("idx", Integer, nullable=False),
     Column("args", Text, nullable=False),  # the task's input as JSON
     Column("result", Text, nullable=True),  # TaskResult.to_dict() as JSON, written once
+    # The result's status and error cause, written with it: a run's failures are found and
+    # counted by cause without reading every result (GET /runs/{id}, ?status=failed).
+    Column("status", Text, nullable=True),
+    Column("cause", Text, nullable=True),
     PrimaryKeyConstraint("run_id", "idx"),
 )
 
@@ -123,7 +127,7 @@ status_counts = Table(
 
 # PRAGMA user_version of a CLI store file at this schema: a file at it is opened with one
 # PRAGMA, an older one (0: the raw-sqlite3 versions never set it) is upgraded once.
-SQLITE_SCHEMA_VERSION = 1
+SQLITE_SCHEMA_VERSION = 2
 
 
 def upgrade_sqlite_file(conn: Connection) -> None:
@@ -132,18 +136,28 @@ def upgrade_sqlite_file(conn: Connection) -> None:
 
     New files get every table from `create_all`; a file of an earlier version gets what it
     lacks: the `claim` column, the service's columns and index, and `status_counts` counted
-    once from the results already saved.
+    once from the results already saved; each saved result's status and cause in its row.
     """
     had_status_counts = inspect(conn).has_table("status_counts")
     metadata.create_all(conn)  # only the missing tables (checkfirst)
     columns = {
-        name: {c["name"] for c in inspect(conn).get_columns(name)} for name in ("jobs", "runs")
+        name: {c["name"] for c in inspect(conn).get_columns(name)}
+        for name in ("jobs", "runs", "tasks")
     }
     if "claim" not in columns["jobs"]:
         conn.execute(text("ALTER TABLE jobs ADD COLUMN claim TEXT NOT NULL DEFAULT ''"))
     for name in ("user_id", "resource_id", "profile_id"):
         if name not in columns["runs"]:
             conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} INTEGER"))
+    if "status" not in columns["tasks"]:
+        conn.execute(text("ALTER TABLE tasks ADD COLUMN status TEXT"))
+        conn.execute(text("ALTER TABLE tasks ADD COLUMN cause TEXT"))
+        conn.execute(
+            text(
+                "UPDATE tasks SET status = json_extract(result, '$.status'), "
+                "cause = json_extract(result, '$.error.cause') WHERE result IS NOT NULL"
+            )
+        )
     for index in runs.indexes:
         index.create(conn, checkfirst=True)
     if not had_status_counts:

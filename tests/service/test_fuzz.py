@@ -27,7 +27,14 @@ def _seed(app) -> dict[str, dict[str, str]]:
     """A Resource, a Profile, superusers and a user (low ids, so generated ids hit rows)."""
     with app.state.sessionmaker() as db:
         resource = clusters.create_resource(
-            db, ResourceCreate(name="hpc", type="slurm_sudo", jobs_runner_config=DOC_SNIPPET_1)
+            db,
+            ResourceCreate(
+                name="hpc",
+                type="slurm_sudo",
+                # No sinfo at planning: this machine's SLURM may be down (a 60 s wait each).
+                jobs_runner_config=DOC_SNIPPET_1
+                | {"batching_config": {"cap_jobs_to_partition": False}},
+            ),
         )
         profile = clusters.create_profile(
             db,

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import HostError, SlurmRunnerError
-from ..runner import Run
+from ..errors import SlurmRunnerError
+from ..tasklogs import LogUnreadable, log_path, read_log
 from .inputs import attach, check_results_path, open_store
 from .options import JsonOpt, ResultsOpt, RunArg, StoreOpt
 from .output import fail, say, status_dict, summary, write_json, write_results
@@ -52,33 +52,6 @@ def results(
     write_results(found, results, attached.id)
 
 
-def _read_log(run: Run, path: str, limit: int | None) -> tuple[bytes, int] | None:
-    """The log's last `limit` bytes (all if None) and its whole size; None if there is none.
-
-    A local run's log is read here, in place; a cluster run's through the run's backend, as
-    its user (`cat`: the only reader the sudo rule allows)."""
-    if run.spec.profile.backend == "local":
-        try:
-            with open(path, "rb") as fh:
-                size = fh.seek(0, 2)
-                fh.seek(max(0, size - limit) if limit else 0)
-                return fh.read(), size
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            fail(f"cannot read {path}: {exc.strerror}", 1)
-    try:
-        got = run.backend.user_host.run(["cat", path])
-    except HostError as exc:
-        fail(f"cannot read {path}: {exc}", 1)
-    if not got.ok:
-        if "No such file" in got.stderr:
-            return None
-        fail(f"cannot read {path}: {got.stderr.strip()}", 1)
-    data = got.stdout.encode()
-    return (data[-limit:] if limit else data), len(data)
-
-
 def logs(
     run_id: RunArg,
     index: Annotated[
@@ -96,12 +69,13 @@ def logs(
     attached = attach(run_id, store)
     if not 0 <= index < attached.n_tasks:
         fail(f"run {attached.id} has tasks 0 to {attached.n_tasks - 1}, not {index}")
-    found = attached.store.results(attached.id).get(index)
-    path = found.log if found and found.log else f"{attached.run_dir}/logs/{index}.log"
-    got = _read_log(attached, path, None if whole else LOG_LIMIT_BYTES)
+    try:
+        got = read_log(attached, index, None if whole else LOG_LIMIT_BYTES)
+    except LogUnreadable as exc:
+        fail(str(exc), 1)
     if got is None:
-        fail(f"task {index} has no log (yet): {path}", 1)
-    data, size = got
+        fail(f"task {index} has no log (yet): {log_path(attached, index)}", 1)
+    data, size, path = got.data, got.size, got.path
     if tail is not None:
         data = b"".join(data.splitlines(keepends=True)[-tail:])
     elif len(data) < size:

@@ -18,10 +18,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from ..errors import ConfigError
+from ..pacing import PollPolicy
+from ..store import Store
 from . import migrate
 from .db import make_engine, make_sessionmaker, parse_db_url
 from .errors import ServiceError
 from .routers import api_v1, operations
+from .watching import LocalJobsOnStop, ServiceWatcher
 
 log = logging.getLogger("slurmrunner.service")
 
@@ -73,16 +76,36 @@ def _error_handlers(app: FastAPI) -> None:
         )
 
 
-def create_app(db_url: str | None = None, *, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    db_url: str | None = None,
+    *,
+    engine: Engine | None = None,
+    watch: bool = True,
+    poll: PollPolicy | None = None,
+    local_jobs_on_stop: LocalJobsOnStop = "keep",
+) -> FastAPI:
     """The service. `db_url` (default: SQLite under the state folder) is opened and migrated
     now, so a bad URL or an unreachable database fails here, before anything listens; or pass
-    an `engine` that is already migrated."""
+    an `engine` that is already migrated.
+
+    `watch`: run the watcher thread while the app runs (its lifespan), resuming every
+    unfinished run at start; without it runs are stored but not driven (a second API process
+    beside the one that watches). `poll`: the watcher's pace; `local_jobs_on_stop`: what a
+    clean stop does to the jobs of `local` Resources (see watching.py)."""
     engine = engine if engine is not None else open_database(db_url)
+    store = Store(engine)
+    watching = ServiceWatcher(store, poll, local_jobs_on_stop)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        if watch:
+            watching.start()
+        try:
+            yield
+        finally:
+            watching.stop()
+            store.close()
+            engine.dispose()
 
     app = FastAPI(
         title="slurmrunner",
@@ -91,6 +114,8 @@ def create_app(db_url: str | None = None, *, engine: Engine | None = None) -> Fa
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.store = store
+    app.state.watching = watching
     app.state.sessionmaker = make_sessionmaker(engine)
     _error_handlers(app)
     app.include_router(operations())

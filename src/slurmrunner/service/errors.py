@@ -31,6 +31,12 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class ClusterUnavailable(ServiceError):
+    """The cluster (or the SSH host) did not answer: try again later, not a bug."""
+
+    status_code = 503
+
+
 class Invalid(ServiceError):
     """A request that is well-formed JSON but refused by a rule: 422 in FastAPI's own shape
     (`detail` is a list of {loc, msg, type}), so clients read one error format."""

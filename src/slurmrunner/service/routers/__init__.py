@@ -1,16 +1,15 @@
 """The API's routers, put together: `/api/v1/...` and `/healthz`.
 
 Built by a function, not at import: FastAPI copies routes when a router is included, so each
-app gets the whole set. The run routes are added here too, with
-`dependencies=[Depends(current_user_with_profile)]`.
+app gets the whole set. The run routes need a Profile (403 without one).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..deps import current_superuser
-from . import admin_profiles, admin_resources, admin_users, health, me
+from ..deps import current_superuser, current_user_with_profile
+from . import admin_profiles, admin_resources, admin_users, health, me, runs
 
 
 def api_v1() -> APIRouter:
@@ -20,6 +19,7 @@ def api_v1() -> APIRouter:
     api = APIRouter(prefix="/api/v1")
     api.include_router(me.router)
     api.include_router(admin)
+    api.include_router(runs.router, dependencies=[Depends(current_user_with_profile)])
     return api
 
 

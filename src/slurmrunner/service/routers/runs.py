@@ -1,0 +1,147 @@
+"""/api/v1/runs: a user's runs. Every route needs a Profile (403 without one, deps.py); another
+user's run is 404 (runs.owned_run)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from ...store import Store
+from ...tasklogs import LogUnreadable
+from ..deps import UserWithProfile
+from ..errors import ServiceError
+from ..runs import (
+    cancel_run,
+    create_run,
+    owned_run,
+    result_pages,
+    run_detail,
+    run_read,
+    task_log,
+)
+from ..schemas.common import MAX_ID
+from ..schemas.runs import (
+    DEFAULT_LOG_BYTES,
+    MAX_LOG_BYTES,
+    MAX_PAGE,
+    Cancelled,
+    ResultsPage,
+    ResultsStatus,
+    RunCreate,
+    RunDetail,
+    RunRead,
+    RunState,
+)
+from ..watching import ServiceWatcher
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+NDJSON = "application/x-ndjson"
+RunId = Annotated[str, "a run id, a unique prefix of one, or `last`"]
+
+
+class LogNotReadable(ServiceError):
+    status_code = 502  # the cluster (or the file) did not give it: not the client's fault
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def _watching(request: Request) -> ServiceWatcher:
+    return request.app.state.watching  # type: ignore[no-any-return]
+
+
+@router.post("", status_code=201, response_model=RunRead)
+def post_run(body: RunCreate, user: UserWithProfile, request: Request) -> RunRead:
+    """Run `command` once per input as your Profile says; returns at once (201) with the run,
+    whose jobs are submitted by the service's watcher."""
+    store = _store(request)
+    return run_read(store, create_run(store, _watching(request), user, body))
+
+
+@router.get("", response_model=list[RunRead])
+def list_runs(
+    user: UserWithProfile,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    state: RunState | None = None,
+    all_users: Annotated[bool, Query(description="every user's runs (superusers)")] = False,
+) -> list[RunRead]:
+    """Your runs, newest first."""
+    store = _store(request)
+    user_id = None if all_users and user.is_superuser else user.id
+    rows = store.runs(limit=limit, user_id=user_id, state=state)
+    return [run_read(store, row) for row in rows]
+
+
+@router.get("/{run_id}", response_model=RunDetail)
+def get_run(run_id: RunId, user: UserWithProfile, request: Request) -> RunDetail:
+    """The run: counts by status and by cause, its jobs, its calls to the cluster."""
+    store = _store(request)
+    return run_detail(store, owned_run(store, user, run_id))
+
+
+@router.get(
+    "/{run_id}/results",
+    response_model=ResultsPage,
+    responses={200: {"content": {NDJSON: {}}}},
+)
+def get_results(
+    run_id: RunId,
+    user: UserWithProfile,
+    request: Request,
+    status: ResultsStatus | None = None,
+    after: Annotated[int, Query(ge=-1, le=MAX_ID, description="the last index seen")] = -1,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+) -> ResultsPage | StreamingResponse:
+    """Finished tasks' results by index, a page at a time (`after`: the previous page's
+    `next_after`); `status=not_ok` for every failed or cancelled task. With
+    `Accept: application/x-ndjson`, every result after `after` as JSON lines in one stream."""
+    store = _store(request)
+    row = owned_run(store, user, run_id)
+    if NDJSON in request.headers.get("accept", ""):
+        return StreamingResponse(result_pages(store, row.id, status, after), media_type=NDJSON)
+    found = store.results_page(row.id, status, after, limit)
+    return ResultsPage(
+        run_id=row.id,
+        total=store.count_results(row.id, status),
+        items=[r.to_dict() for r in found],
+        next_after=found[-1].index if len(found) == limit else None,
+    )
+
+
+@router.get(
+    "/{run_id}/tasks/{index}/log",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def get_task_log(
+    run_id: RunId,
+    index: Annotated[int, "the task's index (0: the first input)"],
+    user: UserWithProfile,
+    request: Request,
+    tail_bytes: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = DEFAULT_LOG_BYTES,
+) -> Response:
+    """The last `tail_bytes` of a task's log (standard output and error); the whole log's size
+    is in `X-Log-Size`, its path in `X-Log-Path`."""
+    store = _store(request)
+    row = owned_run(store, user, run_id)
+    if not 0 <= index <= MAX_ID:
+        index = -1  # reported as out of range below
+    try:
+        found = task_log(store, row, index, tail_bytes)
+    except LogUnreadable as exc:
+        raise LogNotReadable(str(exc)) from None
+    headers = {"X-Log-Size": str(found.size), "X-Log-Path": found.path}
+    return Response(found.data, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+@router.post("/{run_id}/cancel", response_model=Cancelled)
+def post_cancel(run_id: RunId, user: UserWithProfile, request: Request) -> Cancelled:
+    """Cancel the run's unfinished jobs (scancel as its user); a finished run keeps its state."""
+    store = _store(request)
+    row = owned_run(store, user, run_id)
+    n = cancel_run(store, _watching(request), user, row)
+    return Cancelled(run_id=row.id, cancelled_jobs=n, state=store.run(row.id).state)

@@ -1,0 +1,177 @@
+"""Runs of the service's users: the operations behind `/api/v1/runs`.
+
+A run is planned and stored in the request (the core's checks refuse it before anything
+exists: its resources, the admin's config and policy, the Resource's limits); its folder and
+jobs are made by the service's watcher thread (watching.py), so a slow cluster never holds a
+request. Every read is scoped to its owner: another user's run is not found (404), so its
+existence does not leak; a superuser may read and cancel any run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+from ..errors import BatchingError, ConfigError, HostError, RunNotFoundError
+from ..run import Run
+from ..runner import Runner
+from ..runspec import RunSpec
+from ..store import RunRow, StatusFilter, Store
+from ..tasklogs import LogTail, read_log
+from .checks import core_profile
+from .errors import ClusterUnavailable, Conflict, Invalid, NotFound
+from .models import User
+from .schemas.runs import JobRead, RunCreate, RunDetail, RunRead
+from .watching import ServiceWatcher
+
+log = logging.getLogger("slurmrunner.service")
+
+# The per-user limit is checked and the run stored under one lock: two requests of one user at
+# once cannot both pass a limit that has room for one.
+_admission = threading.Lock()
+
+
+def owned_run(store: Store, user: User, run_id: str) -> RunRow:
+    """The run if `user` may see it; 404 otherwise, whether it exists or not. Like the CLI,
+    `run_id` may be `last` or a unique prefix, among the user's own runs (a superuser's:
+    among all)."""
+    scope = None if user.is_superuser else user.id
+    try:
+        found = store.resolve_run_id(run_id, user_id=scope)
+    except RunNotFoundError as exc:
+        if "several runs" in str(exc):  # ids of the caller's own runs only
+            raise NotFound(str(exc)) from None
+        raise NotFound("no runs yet" if run_id == "last" else f"no run {run_id!r}") from None
+    return store.run(found)
+
+
+def run_object(store: Store, row: RunRow) -> Run:
+    """A Run on the stored run, for reading its logs or cancelling it (never driven here)."""
+    return Runner.attach(row.id, store)
+
+
+def create_run(store: Store, watching: ServiceWatcher, user: User, body: RunCreate) -> RunRow:
+    profile = user.profile
+    assert profile is not None  # deps.current_user_with_profile
+    resource = profile.resource
+    if resource.prevent_new_submissions:
+        raise Conflict(
+            f"Resource {resource.name!r} takes no new runs for now "
+            "(prevent_new_submissions is set by an admin)"
+        )
+    limit = resource.max_tasks_per_run
+    if limit is not None and len(body.inputs) > limit:
+        raise Invalid.one(
+            ("body", "inputs"),
+            f"{len(body.inputs)} tasks: over this Resource's max_tasks_per_run ({limit})",
+            "limit",
+        )
+    # Again before every run: the policy, the config or this server's accounts may have
+    # changed since the Profile was saved.
+    core, config = core_profile(profile, resource)
+    runner = Runner(config, core, store, watching.poll_policy)
+    with _admission:
+        active_limit = resource.max_active_runs_per_user
+        if active_limit is not None:
+            active = store.count_active_runs(user.id)
+            if active >= active_limit:
+                raise Conflict(
+                    f"you have {active} active runs: this Resource's "
+                    f"max_active_runs_per_user is {active_limit}; wait for one to end"
+                )
+        try:
+            run = runner.prepare(
+                body.command,
+                body.inputs,
+                body.resources,
+                body.call,
+                body.workdir,
+                owner=(user.id, resource.id, profile.id),
+            )
+        except (ConfigError, BatchingError) as exc:  # what the request asks cannot be planned
+            raise Invalid.one(("body",), str(exc), "config") from None
+        except HostError as exc:  # the cluster did not answer the planning's sinfo
+            raise ClusterUnavailable(f"the cluster did not answer: {exc}") from None
+    watching.add(run)
+    log.info(
+        "run %s created: user=%s tasks=%d jobs=%d resource=%s",
+        run.id,
+        user.email,
+        run.n_tasks,
+        run.spec.plan.num_jobs,
+        resource.name,
+    )
+    return store.run(run.id)
+
+
+def run_read(store: Store, row: RunRow) -> RunRead:
+    counts = store.status_counts(row.id)
+    spec = RunSpec.from_dict(row.spec)
+    return RunRead(
+        id=row.id,
+        state=row.state,
+        created=row.created,
+        n_tasks=row.n_tasks,
+        n_jobs=spec.plan.num_jobs,
+        finished=sum(counts.values()),
+        counts=dict(counts),
+        user_id=row.user_id,
+        resource_id=row.resource_id,
+        profile_id=row.profile_id,
+        run_dir=spec.run_dir,
+    )
+
+
+def run_detail(store: Store, row: RunRow) -> RunDetail:
+    jobs = [
+        JobRead(
+            index=j.idx,
+            job_id=j.job_id,
+            state=j.state,
+            reason=j.reason,
+            first_task=j.first_task,
+            n_tasks=j.n_tasks,
+            done=j.done,
+        )
+        for j in store.jobs(row.id)
+    ]
+    return RunDetail(
+        **run_read(store, row).model_dump(),
+        causes=dict(store.cause_counts(row.id)),
+        jobs=jobs,
+        calls=store.counters(row.id),
+    )
+
+
+def result_pages(
+    store: Store, run_id: str, status: StatusFilter, after: int, page: int = 1000
+) -> Iterator[str]:
+    """Every result after `after` as JSON lines, read a page at a time (a stream never holds
+    the database, nor a whole run's results)."""
+    while True:
+        found = store.results_page(run_id, status, after, page)
+        if not found:
+            return
+        yield "".join(_json_line(r.to_dict()) for r in found)
+        after = found[-1].index
+
+
+def _json_line(data: object) -> str:
+    return json.dumps(data) + "\n"
+
+
+def task_log(store: Store, row: RunRow, index: int, limit: int) -> LogTail:
+    if not 0 <= index < row.n_tasks:
+        raise NotFound(f"run {row.id} has tasks 0 to {row.n_tasks - 1}, not {index}")
+    found = read_log(run_object(store, row), index, limit)
+    if found is None:
+        raise NotFound(f"task {index} has no log (yet)")
+    return found
+
+
+def cancel_run(store: Store, watching: ServiceWatcher, user: User, row: RunRow) -> int:
+    n = watching.cancel(run_object(store, row))
+    log.info("run %s cancel: user=%s jobs=%d", row.id, user.email, n)
+    return n

@@ -1,0 +1,72 @@
+"""A task's log (its standard output and error), or its end, read where the run's tasks wrote it.
+
+The path is the run's own (`<run_dir>/logs/<index>.log`), never one a job wrote down. A
+cluster run's log is read as its user (`cat`, the one reader the sudo rule allows), keeping
+only the last `limit` bytes as they stream in: a task that wrote gigabytes costs the server
+`limit` bytes of memory. A local run's log is opened without following a link.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import HostError, SlurmRunnerError
+
+if TYPE_CHECKING:
+    from .run import Run
+
+#: Timeout of one `cat` of a log, in seconds.
+CAT_TIMEOUT_S = 60.0
+
+
+class LogUnreadable(SlurmRunnerError):
+    """The log exists (or may) but could not be read: permissions, the cluster, a link."""
+
+
+@dataclass(frozen=True)
+class LogTail:
+    path: str
+    data: bytes  # the log's last bytes (all of it when `size == len(data)`)
+    size: int  # the whole log's size in bytes
+
+
+def log_path(run: Run, index: int) -> str:
+    return f"{run.run_dir}/logs/{index}.log"
+
+
+def read_log(run: Run, index: int, limit: int | None) -> LogTail | None:
+    """The last `limit` bytes of task `index`'s log (all of it when None); None: no log yet."""
+    path = log_path(run, index)
+    if run.spec.profile.backend == "local":
+        return _read_local(path, limit)
+    try:
+        if limit is None:
+            got = run.backend.user_host.run(["cat", path], timeout=CAT_TIMEOUT_S)
+        else:
+            got = run.backend.user_host.run(
+                ["cat", path], timeout=CAT_TIMEOUT_S, max_output=limit, keep_tail=True
+            )
+    except HostError as exc:
+        raise LogUnreadable(f"cannot read {path}: {exc}") from None
+    if not got.ok:
+        if "No such file" in got.stderr:
+            return None
+        raise LogUnreadable(f"cannot read {path}: {got.stderr.strip()[:500]}")
+    data = got.stdout.encode()
+    return LogTail(path, data, len(data) + got.stdout_dropped)
+
+
+def _read_local(path: str, limit: int | None) -> LogTail | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LogUnreadable(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - limit) if limit is not None else 0)
+        data = fh.read(limit) if limit is not None else fh.read()
+    return LogTail(path, data, size)
