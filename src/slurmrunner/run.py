@@ -174,7 +174,20 @@ class Run(Reading, Settling, Submission, Asking):
                 raise TimeoutError(f"run {self.id} not finished after {timeout}s")
             time.sleep(watcher.pause())
         if self.store.run(self.id).state != "cancelled":
-            self.store.set_run_state(self.id, "done")
+            self._finish("done")
+
+    def _finish(self, state: str) -> None:
+        """Save the run's final state (done, cancelled, failed) and log it in one line, with
+        its counts: a server's log then tells every run's end, and whose it was."""
+        self.store.set_run_state(self.id, state)
+        counts = self.store.status_counts(self.id)
+        shown = " ".join(f"{k}={counts[k]}" for k in ("ok", "failed", "cancelled"))
+        log.info("run %s %s: user=%s tasks=%d %s", self.id, state, self.user, self.n_tasks, shown)
+
+    @property
+    def user(self) -> str:
+        """The cluster account the run's jobs run as (for logs)."""
+        return self.spec.profile.username or "local"
 
     def _rows(self) -> list[JobRow]:
         """The jobs a cycle watches (submitted, not closed); jobs waiting for room in the
@@ -233,7 +246,7 @@ class Run(Reading, Settling, Submission, Asking):
             self._w(row).held.clear()
             self._save(cancelled(i, row.job_id) for i in row.task_range)
             self.store.update_job(self.id, row.idx, state="CANCELLED", done=1)
-        self.store.set_run_state(self.id, "cancelled")
+        self._finish("cancelled")
         self._closed = True
         self._flush_counters()
         return len(ids)

@@ -9,6 +9,7 @@ interruption) is held until that word is in.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from .chunks import JobWatch
 from .errors import HostError
 from .results import TaskResult, from_record, without_record
 from .store import JobRow, Store
+
+log = logging.getLogger("slurmrunner")
 
 #: What of a job's output (jobs/K.out) is kept to explain a task without a record.
 JOB_OUTPUT_TAIL = 2048
@@ -32,6 +35,9 @@ class Settling:
     _retry_submit_at: float | None
 
     if TYPE_CHECKING:  # defined by Run, Reading and Submission
+
+        @property
+        def user(self) -> str: ...
 
         def _w(self, row: JobRow) -> JobWatch: ...
 
@@ -74,12 +80,11 @@ class Settling:
             self._save(
                 without_record(i, row.job_id, end_state, reason, output, w.bad) for i in missing
             )
-        self.store.update_job(
-            self.id,
-            row.idx,
-            state=state or "COMPLETED",
-            reason=w.state.reason if w.state else "",
-            done=1,
+        end, reason = state or "COMPLETED", w.state.reason if w.state else ""
+        self.store.update_job(self.id, row.idx, state=end, reason=reason, done=1)
+        log.info(
+            "run %s job %d ended: user=%s job_id=%s state=%s reason=%s missing=%d",
+            *(self.id, row.idx, self.user, row.job_id, end, reason or "-", len(missing)),
         )
         if self._retry_submit_at is not None:
             self._retry_submit_at = time.monotonic()  # a job left: room for a waiting one

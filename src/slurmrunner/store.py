@@ -436,7 +436,7 @@ class Store:
         c = _tasks.c
         query = select(c.cause, func.count()).where(c.run_id == run_id, c.cause.is_not(None))
         with self._read() as conn:
-            return Counter(dict(conn.execute(query.group_by(c.cause)).tuples().all()))
+            return Counter({cause: n for cause, n in conn.execute(query.group_by(c.cause))})
 
     def count_active_runs(self, user_id: int) -> int:
         """A user's runs not yet done, cancelled or failed (the per-user limit)."""

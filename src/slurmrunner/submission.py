@@ -61,6 +61,13 @@ class Submission:
     def _flush_counters(self) -> None:
         raise NotImplementedError
 
+    def _finish(self, state: str) -> None:
+        raise NotImplementedError
+
+    @property
+    def user(self) -> str:
+        raise NotImplementedError
+
     def start(self) -> None:
         """Create the run folder as the user and submit every job not yet submitted."""
         self._make_run_folder()
@@ -121,6 +128,7 @@ class Submission:
         if not todo:
             return
         plan = self.spec.plan
+        submitted: list[str] = []
         for row in todo:
             if row.state == "SUBMITTING" and claim_is_live(row.claim, self._claim):
                 continue  # another process is submitting it right now
@@ -130,6 +138,7 @@ class Submission:
                 found = self._find_patiently(job_name(self.id, row.idx))
                 if found:
                     self._adopt(row, found)
+                    submitted.append(found)
                     continue
             args = self.store.task_args(self.id, row.task_range)
             job = self.spec.job(row.idx, list(zip(row.task_range, args, strict=True)), plan)
@@ -142,16 +151,28 @@ class Submission:
                 note = f"job {row.idx} and later wait for room in the user's queue: {exc}"
                 if note not in self.warnings:
                     self.warnings.append(note)
-                log.warning("%s", note)
+                log.warning("run %s: %s", self.id, note)
+                self._log_submitted(submitted)
                 return  # the jobs after it would meet the same limit
             except SchedulerError as exc:
                 if row.idx == 0:
                     self.store.update_job(self.id, row.idx, state="NEW")
-                    self.store.set_run_state(self.id, "failed")
+                    self._finish("failed")
                     raise
+                log.warning("run %s job %d not submitted: user=%s %s", self.id, row.idx, self.user, exc)
                 self._fail_job(row, "submit_failed", str(exc))
                 continue
             self._adopt(row, job_id)
+            submitted.append(job_id)
+        self._log_submitted(submitted)
+
+    def _log_submitted(self, job_ids: list[str]) -> None:
+        """One line for the jobs a call submitted (all of a run's at its start)."""
+        if job_ids:
+            shown = job_ids[0] if len(job_ids) == 1 else f"{job_ids[0]}..{job_ids[-1]}"
+            log.info(
+                "run %s submitted: user=%s jobs=%d ids=%s", self.id, self.user, len(job_ids), shown
+            )
 
     def _adopt(self, row: JobRow, job_id: str) -> None:
         self.store.update_job(self.id, row.idx, job_id=job_id, state="PENDING")

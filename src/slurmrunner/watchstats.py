@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 RECENT_CYCLES = 1000
@@ -41,6 +42,9 @@ class WatcherStats:
         self.cycle_s_max = 0.0
         self.cpu_s_total = 0.0
         self.recent: deque[CycleStats] = deque(maxlen=RECENT_CYCLES)
+        #: Called with each cycle once it is counted, in the watcher's thread (the service's
+        #: metrics take every cycle's duration here, not only the last RECENT_CYCLES').
+        self.listeners: list[Callable[[CycleStats], None]] = []
 
     def record(self, cycle: CycleStats) -> None:
         with self._lock:
@@ -52,6 +56,8 @@ class WatcherStats:
             self.cycle_s_max = max(self.cycle_s_max, cycle.duration_s)
             self.cpu_s_total += cycle.cpu_s
             self.recent.append(cycle)
+        for listener in self.listeners:
+            listener(cycle)
 
     def failed(self, run_id: str) -> None:
         with self._lock:
