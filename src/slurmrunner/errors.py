@@ -80,3 +80,49 @@ class TaskFailedError(SlurmRunnerError):
 
 class RunNotFoundError(SlurmRunnerError, LookupError):
     """No run with that id in the store."""
+
+
+# The service's client (slurmrunner.Client, and the CLI with --server): what an answer of the
+# service means, whatever the HTTP status behind it.
+
+
+class ClientError(SlurmRunnerError):
+    """The service answered with an error, or could not be reached. `status_code` is the
+    HTTP status (None: no answer), `detail` the service's `detail` as it came."""
+
+    def __init__(self, message: str, status_code: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class ClientAuthError(ClientError):
+    """The token was refused (401), or does not allow this (403: no Profile, not an admin)."""
+
+
+class ClientNotFoundError(ClientError, LookupError):
+    """No such run (or task log) among those the token's user may see (404)."""
+
+
+class ClientRefusedError(ClientError, ValueError):
+    """The request was refused before anything ran (409 conflict, 422 invalid): the message
+    names each field; `problems` holds them as (field path, message)."""
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        detail: Any = None,
+        problems: list[tuple[list[str | int], str]] | None = None,
+    ) -> None:
+        super().__init__(message, status_code, detail)
+        self.problems = problems or []
+
+
+class ClientUnavailableError(ClientError):
+    """The service, or the cluster behind it, did not answer (502, 503, 504, a refused or
+    broken connection, a time-out): try again later."""
+
+
+class ClientTimeoutError(ClientError, TimeoutError):
+    """Client.wait(..., timeout=) ran out before the run ended (the run goes on)."""

@@ -80,11 +80,21 @@ class Settling:
             self._save(
                 without_record(i, row.job_id, end_state, reason, output, w.bad) for i in missing
             )
-        end, reason = state or "COMPLETED", w.state.reason if w.state else ""
-        self.store.update_job(self.id, row.idx, state=end, reason=reason, done=1)
+        self.store.update_job(
+            self.id,
+            row.idx,
+            state=state or "COMPLETED",
+            reason=w.state.reason if w.state else "",
+            done=1,
+        )
         log.info(
-            "run %s job %d ended: user=%s job_id=%s state=%s reason=%s missing=%d",
-            *(self.id, row.idx, self.user, row.job_id, end, reason or "-", len(missing)),
+            "run %s job %d ended: user=%s job_id=%s state=%s no_record=%d",
+            self.id,
+            row.idx,
+            self.user,
+            row.job_id,
+            state or "COMPLETED",
+            len(missing),
         )
         if self._retry_submit_at is not None:
             self._retry_submit_at = time.monotonic()  # a job left: room for a waiting one

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     URL,
@@ -33,7 +33,6 @@ from sqlalchemy import (
     Executable,
     bindparam,
     event,
-    func,
     insert,
     make_url,
     select,
@@ -45,13 +44,12 @@ from sqlalchemy.pool import StaticPool
 from . import store_schema as schema
 from .errors import RunNotFoundError
 from .results import TaskResult
+from .store_queries import RunQueries
 
 _runs, _jobs, _tasks, _counts = schema.runs, schema.jobs, schema.tasks, schema.status_counts
 # Indices per SELECT of save_results: far below SQLite's (32,766) and PostgreSQL's (65,535)
 # bound-parameter limits, whatever size of batch a caller hands in.
 _SAVE_CHUNK = 1000
-# Which results a page holds: one status, or every task that did not end ok.
-StatusFilter = Literal["ok", "failed", "cancelled", "not_ok"] | None
 
 
 def default_store_path() -> Path:
@@ -165,7 +163,7 @@ def _is_url(target: object) -> bool:
     return isinstance(target, URL) or (isinstance(target, str) and "://" in target)
 
 
-class Store:
+class Store(RunQueries):
     """The run store: `Store()` or `Store(path)` is the CLI's own SQLite file (made and upgraded
     here; `:memory:` works); `Store("sqlite:///...")`, `Store("postgresql+psycopg://...")` or
     `Store(engine)` is the service's database, whose tables its Alembic migrations make.
@@ -405,47 +403,6 @@ class Store:
             cursor = self._fast.execute(fast.sql, fast.args(**params))
             return [TaskResult.from_dict(json.loads(r[1])) for r in cursor]
 
-    def result(self, run_id: str, index: int) -> TaskResult | None:
-        """One task's result (None: not finished yet)."""
-        c = _tasks.c
-        query = select(c.result).where(c.run_id == run_id, c.idx == index)
-        with self._read() as conn:
-            found = conn.execute(query).scalar()
-        return TaskResult.from_dict(json.loads(found)) if found else None
-
-    def results_page(
-        self, run_id: str, status: StatusFilter = None, after: int = -1, limit: int = 1000
-    ) -> list[TaskResult]:
-        """Up to `limit` finished tasks' results with index > `after`, by index; only those of
-        `status` when given ("not_ok": failed or cancelled). Paged by index, not OFFSET: each
-        page costs the same, however deep."""
-        c = _tasks.c
-        query = select(c.result).where(c.run_id == run_id, c.idx > after, c.result.is_not(None))
-        query = _status_filter(query, status).order_by(c.idx).limit(limit)
-        with self._read() as conn:
-            return [TaskResult.from_dict(json.loads(r)) for r in conn.execute(query).scalars()]
-
-    def count_results(self, run_id: str, status: StatusFilter = None) -> int:
-        c = _tasks.c
-        query = select(func.count()).where(c.run_id == run_id, c.result.is_not(None))
-        with self._read() as conn:
-            return int(conn.execute(_status_filter(query, status)).scalar() or 0)
-
-    def cause_counts(self, run_id: str) -> Counter[str]:
-        """Tasks that did not end ok, by cause (out_of_memory, time_limit, exit_code, ...)."""
-        c = _tasks.c
-        query = select(c.cause, func.count()).where(c.run_id == run_id, c.cause.is_not(None))
-        with self._read() as conn:
-            return Counter({cause: n for cause, n in conn.execute(query.group_by(c.cause))})
-
-    def count_active_runs(self, user_id: int) -> int:
-        """A user's runs not yet done, cancelled or failed (the per-user limit)."""
-        query = select(func.count()).where(
-            _runs.c.user_id == user_id, _runs.c.state.not_in(schema.FINAL_RUN_STATES)
-        )
-        with self._read() as conn:
-            return int(conn.execute(query).scalar() or 0)
-
     def status_counts(self, run_id: str) -> Counter[str]:
         """Finished tasks by status (ok / failed / cancelled), as kept by save_results."""
         rows = self._rows("status_counts", _STATUS_COUNTS, run_id=run_id)
@@ -469,14 +426,6 @@ class Store:
         query = select(c.name, c.n).where(c.run_id == run_id).order_by(c.name)
         with self._read() as conn:
             return {r[0]: r[1] for r in conn.execute(query)}
-
-
-def _status_filter(query: Any, status: StatusFilter) -> Any:
-    if status == "not_ok":
-        return query.where(_tasks.c.status != "ok")
-    if status is not None:
-        return query.where(_tasks.c.status == status)
-    return query
 
 
 def _save_row(save: schema.Compiled, run_id: str, r: TaskResult) -> Any:

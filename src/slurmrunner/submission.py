@@ -159,7 +159,9 @@ class Submission:
                     self.store.update_job(self.id, row.idx, state="NEW")
                     self._finish("failed")
                     raise
-                log.warning("run %s job %d not submitted: user=%s %s", self.id, row.idx, self.user, exc)
+                log.warning(
+                    "run %s job %d not submitted: user=%s %s", self.id, row.idx, self.user, exc
+                )
                 self._fail_job(row, "submit_failed", str(exc))
                 continue
             self._adopt(row, job_id)

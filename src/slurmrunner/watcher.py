@@ -267,7 +267,7 @@ class Watcher(SharedReads):
         e.retry_at = self._clock() + min(2.0 ** (e.errors - 1), ERROR_BACKOFF_MAX_S)
         self._errors += 1
         self.stats.failed(e.run.id)
-        log.error("watching run %s failed: %r", e.run.id, exc, exc_info=exc)
+        log.error("run %s step failed: user=%s %r", e.run.id, e.run.user, exc, exc_info=exc)
         e.run._warn_once(f"watching this run failed ({type(exc).__name__}); it is retried")
         try:
             final = e.run.store.run(e.run.id).state in FINAL_RUN_STATES
@@ -299,7 +299,7 @@ class Watcher(SharedReads):
         if done and not e.run._closed:
             try:
                 if e.run.store.run(e.run.id).state != "cancelled":
-                    e.run.store.set_run_state(e.run.id, "done")
+                    e.run._finish("done")
             except Exception as exc:
                 log.error("run %s ended, but its state was not saved: %r", e.run.id, exc)
 
@@ -318,7 +318,7 @@ class Watcher(SharedReads):
                 try:
                     run.cancel()
                 finally:
-                    run.store.set_run_state(run.id, "failed")
+                    run._finish("failed")
                 raise
             e.rows = run._rows()
             self._count("submit", e.keys.scheduler, len(e.rows))

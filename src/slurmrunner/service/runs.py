@@ -18,7 +18,8 @@ from ..errors import BatchingError, ConfigError, HostError, RunNotFoundError
 from ..run import Run
 from ..runner import Runner
 from ..runspec import RunSpec
-from ..store import RunRow, StatusFilter, Store
+from ..store import RunRow, Store
+from ..store_queries import StatusFilter
 from ..tasklogs import LogTail, read_log
 from .checks import core_profile
 from .errors import ClusterUnavailable, Conflict, Invalid, NotFound
