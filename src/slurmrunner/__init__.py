@@ -1,5 +1,7 @@
 """slurmrunner: run many tasks on SLURM on behalf of the users of a multi-user server."""
 
+from typing import TYPE_CHECKING, Any
+
 from .config import (
     BatchingConfig,
     SlurmConfigSet,
@@ -11,6 +13,12 @@ from .config import (
 )
 from .errors import (
     BatchingError,
+    ClientAuthError,
+    ClientError,
+    ClientNotFoundError,
+    ClientRefusedError,
+    ClientTimeoutError,
+    ClientUnavailableError,
     ConfigError,
     HostError,
     ImpersonationError,
@@ -32,9 +40,30 @@ from .results import TaskError, TaskResult
 from .runner import Run, Runner, RunStatus
 from .store import Store
 
+if TYPE_CHECKING:
+    from .client import Client
+
+
+def __getattr__(name: str) -> Any:
+    # The service's client is loaded on first use: most users of the package (the CLI on a
+    # laptop, a job) never talk to a service and need not pay for httpx.
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BatchingConfig",
     "BatchingError",
+    "Client",
+    "ClientAuthError",
+    "ClientError",
+    "ClientNotFoundError",
+    "ClientRefusedError",
+    "ClientTimeoutError",
+    "ClientUnavailableError",
     "ConfigError",
     "HostError",
     "ImpersonationError",

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from .errors import HostError, SlurmRunnerError
 
 if TYPE_CHECKING:
-    from .run import Run
+    from .hosts.base import Host
+    from .runspec import RunSpec
 
 #: Timeout of one `cat` of a log, in seconds.
 CAT_TIMEOUT_S = 60.0
@@ -32,20 +33,21 @@ class LogTail:
     size: int  # the whole log's size in bytes
 
 
-def log_path(run: Run, index: int) -> str:
-    return f"{run.run_dir}/logs/{index}.log"
+def log_path(spec: RunSpec, index: int) -> str:
+    return f"{spec.run_dir}/logs/{index}.log"
 
 
-def read_log(run: Run, index: int, limit: int | None) -> LogTail | None:
-    """The last `limit` bytes of task `index`'s log (all of it when None); None: no log yet."""
-    path = log_path(run, index)
-    if run.spec.profile.backend == "local":
+def read_log(spec: RunSpec, user_host: Host, index: int, limit: int | None) -> LogTail | None:
+    """The last `limit` bytes of task `index`'s log (all of it when None); None: no log yet.
+    `user_host`: the run's backend's host of its user."""
+    path = log_path(spec, index)
+    if spec.profile.backend == "local":
         return _read_local(path, limit)
     try:
         if limit is None:
-            got = run.backend.user_host.run(["cat", path], timeout=CAT_TIMEOUT_S)
+            got = user_host.run(["cat", path], timeout=CAT_TIMEOUT_S)
         else:
-            got = run.backend.user_host.run(
+            got = user_host.run(
                 ["cat", path], timeout=CAT_TIMEOUT_S, max_output=limit, keep_tail=True
             )
     except HostError as exc:

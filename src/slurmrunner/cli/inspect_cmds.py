@@ -70,11 +70,13 @@ def logs(
     if not 0 <= index < attached.n_tasks:
         fail(f"run {attached.id} has tasks 0 to {attached.n_tasks - 1}, not {index}")
     try:
-        got = read_log(attached, index, None if whole else LOG_LIMIT_BYTES)
+        got = read_log(
+            attached.spec, attached.backend.user_host, index, None if whole else LOG_LIMIT_BYTES
+        )
     except LogUnreadable as exc:
         fail(str(exc), 1)
     if got is None:
-        fail(f"task {index} has no log (yet): {log_path(attached, index)}", 1)
+        fail(f"task {index} has no log (yet): {log_path(attached.spec, index)}", 1)
     data, size, path = got.data, got.size, got.path
     if tail is not None:
         data = b"".join(data.splitlines(keepends=True)[-tail:])

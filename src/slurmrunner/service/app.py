@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from ..errors import ConfigError
 from ..pacing import PollPolicy
 from ..store import Store
-from . import migrate
+from . import metrics, migrate
 from .db import make_engine, make_sessionmaker, parse_db_url
 from .errors import ServiceError
 from .routers import api_v1, operations
@@ -120,4 +120,5 @@ def create_app(
     _error_handlers(app)
     app.include_router(operations())
     app.include_router(api_v1())
+    metrics.install(app)  # GET /metrics and the request timings
     return app
