@@ -234,3 +234,12 @@ def test_a_restart_resumes_every_run(db_url, tmp_path, app, client, with_profile
         results = again.get(f"/api/v1/runs/{run['id']}/results", headers=alice).json()
         assert [r["result"] for r in results["items"]] == list(range(6))
     assert sorted(p.name for p in marks.iterdir()) == [str(i) for i in range(6)]
+
+
+def test_a_user_with_runs_is_not_deleted(client, admin, with_profile):
+    alice = with_profile("alice")
+    run = post_run(client, alice, [1]).json()
+    me = client.get("/api/v1/me", headers=alice).json()
+    refused = client.delete(f"/api/v1/admin/users/{me['id']}", headers=admin)
+    assert refused.status_code == 409 and "owns 1 run" in refused.text
+    wait_done(client, run["id"], alice)

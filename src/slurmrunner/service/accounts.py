@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from .. import store_schema
 from . import models
 from .auth import token_row
 from .errors import Conflict, Invalid, NotFound
@@ -80,7 +81,15 @@ def update_user(db: Session, user: User, data: UserUpdate) -> User:
 
 
 def delete_user(db: Session, user: User) -> None:
+    """Refused while the user owns runs: their results and the audit of what ran as whom
+    outlive an account (deactivate it instead: is_active=false)."""
     _check_not_last_superuser(db, user, "delete")
+    owned = db.scalar(select(func.count()).where(store_schema.runs.c.user_id == user.id))
+    if owned:
+        raise Conflict(
+            f"user {user.email} owns {owned} run(s): deactivate the account instead "
+            "(is_active=false)"
+        )
     db.delete(user)
     db.commit()
 
