@@ -1,0 +1,77 @@
+"""The service's questions about runs, answered by the store (store.Store inherits them): one
+result, results by page and status, failures by cause, a user's active runs.
+
+Each is one query over the columns kept beside every result (tasks.status, tasks.cause), so
+none reads a whole run's results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import Connection, func, select
+
+from . import store_schema as schema
+from .results import TaskResult
+
+_runs, _tasks = schema.runs, schema.tasks
+# Which results a page holds: one status, or every task that did not end ok.
+StatusFilter = Literal["ok", "failed", "cancelled", "not_ok"] | None
+
+
+class RunQueries:
+    if TYPE_CHECKING:
+
+        def _read(self) -> AbstractContextManager[Connection]: ...
+
+    def result(self, run_id: str, index: int) -> TaskResult | None:
+        """One task's result (None: not finished yet)."""
+        c = _tasks.c
+        query = select(c.result).where(c.run_id == run_id, c.idx == index)
+        with self._read() as conn:
+            found = conn.execute(query).scalar()
+        return TaskResult.from_dict(json.loads(found)) if found else None
+
+    def results_page(
+        self, run_id: str, status: StatusFilter = None, after: int = -1, limit: int = 1000
+    ) -> list[TaskResult]:
+        """Up to `limit` finished tasks' results with index > `after`, by index; only those of
+        `status` when given ("not_ok": failed or cancelled). Paged by index, not OFFSET: each
+        page costs the same, however deep."""
+        c = _tasks.c
+        query = select(c.result).where(c.run_id == run_id, c.idx > after, c.result.is_not(None))
+        query = _status_filter(query, status).order_by(c.idx).limit(limit)
+        with self._read() as conn:
+            return [TaskResult.from_dict(json.loads(r)) for r in conn.execute(query).scalars()]
+
+    def count_results(self, run_id: str, status: StatusFilter = None) -> int:
+        c = _tasks.c
+        query = select(func.count()).where(c.run_id == run_id, c.result.is_not(None))
+        with self._read() as conn:
+            return int(conn.execute(_status_filter(query, status)).scalar() or 0)
+
+    def cause_counts(self, run_id: str) -> Counter[str]:
+        """Tasks that did not end ok, by cause (out_of_memory, time_limit, exit_code, ...)."""
+        c = _tasks.c
+        query = select(c.cause, func.count()).where(c.run_id == run_id, c.cause.is_not(None))
+        with self._read() as conn:
+            return Counter({cause: n for cause, n in conn.execute(query.group_by(c.cause))})
+
+    def count_active_runs(self, user_id: int) -> int:
+        """A user's runs not yet done, cancelled or failed (the per-user limit)."""
+        query = select(func.count()).where(
+            _runs.c.user_id == user_id, _runs.c.state.not_in(schema.FINAL_RUN_STATES)
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+
+def _status_filter(query: Any, status: StatusFilter) -> Any:
+    if status == "not_ok":
+        return query.where(_tasks.c.status != "ok")
+    if status is not None:
+        return query.where(_tasks.c.status == status)
+    return query
