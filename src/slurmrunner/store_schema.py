@@ -74,6 +74,8 @@ runs = Table(
 )
 # A user's runs, newest first (GET /runs).
 Index("ix_runs_user_id_created", runs.c.user_id, runs.c.created)
+# The unfinished runs (a watcher's start, the per-user limit, /metrics).
+Index("ix_runs_state", runs.c.state)
 
 jobs = Table(
     "jobs",

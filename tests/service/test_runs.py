@@ -243,3 +243,9 @@ def test_a_user_with_runs_is_not_deleted(client, admin, with_profile):
     refused = client.delete(f"/api/v1/admin/users/{me['id']}", headers=admin)
     assert refused.status_code == 409 and "owns 1 run" in refused.text
     wait_done(client, run["id"], alice)
+
+
+@pytest.fixture(autouse=True)
+def _own_local_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local backend's queue file of this test alone."""
+    monkeypatch.setenv("SLURMRUNNER_LOCAL_QUEUE", str(tmp_path / "queue.sqlite"))

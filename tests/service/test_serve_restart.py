@@ -23,6 +23,7 @@ from tests.service.conftest import bearer
 def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A database with a local Resource and a user with a Profile on it; no serve yet."""
     monkeypatch.setenv("SLURMRUNNER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SLURMRUNNER_LOCAL_QUEUE", str(tmp_path / "queue.sqlite"))
     db = f"sqlite:///{tmp_path / 'svc.sqlite'}"
     config = tmp_path / "here.json"
     config.write_text("{}")

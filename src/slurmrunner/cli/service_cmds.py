@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -35,6 +36,13 @@ DbOpt = Annotated[
     ),
 ]
 T = TypeVar("T")
+
+
+class LocalJobs(StrEnum):
+    keep = "keep"
+    cancel = "cancel"
+
+
 # A request field -> the option that sets it, to name it in errors.
 _OPTION = {
     "email": "EMAIL",
@@ -132,19 +140,33 @@ def serve(
     ] = 8000,
     db: DbOpt = None,
     log_level: Annotated[
-        str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug.")
+        str,
+        typer.Option(
+            help="Log level of uvicorn and of the service's own lines (runs, jobs, watcher): "
+            "critical, error, warning, info, debug."
+        ),
     ] = "info",
+    local_jobs_on_stop: Annotated[
+        LocalJobs,
+        typer.Option(
+            help="At a clean stop (SIGTERM), the jobs of `local` Resources run on this machine: "
+            "keep them running (resumed at the next start) or cancel them. "
+            "Cluster jobs always keep running.",
+        ),
+    ] = LocalJobs.keep,
 ) -> None:
     """Start the multi-user service (HTTP API under /api/v1, docs at /docs, /healthz).
 
     The database is created or upgraded to this version's schema first.
     Put it behind a reverse proxy for TLS.
+    Prometheus metrics are at /metrics, with no token: restrict it at the reverse proxy.
     The first admin: `slurmrunner admin create-user EMAIL --superuser`.
     """
     import uvicorn
 
     from ..service.app import create_app
     from ..service.db import describe_db, parse_db_url
+    from ..service.logs import log_to_stderr
 
     engine = open_db(db)
     where = describe_db(parse_db_url(db))
@@ -153,5 +175,7 @@ def serve(
     url = f"http://{shown}:{sock.getsockname()[1]}"
     say(f"slurmrunner service listening on {escape(url)} (API docs: {escape(url)}/docs)")
     say(f"database: {escape(where)}")
-    config = uvicorn.Config(create_app(engine=engine), log_level=log_level)
+    log_to_stderr(log_level)  # the service's own lines (runs, jobs, watcher), with their time
+    app = create_app(engine=engine, local_jobs_on_stop=local_jobs_on_stop.value)
+    config = uvicorn.Config(app, log_level=log_level)
     uvicorn.Server(config).run(sockets=[sock])
