@@ -31,7 +31,8 @@ def describe_failure(r: TaskResult) -> str:
 class FailureReporter:
     """Fed with each batch of newly finished results; prints what the user must know now."""
 
-    def __init__(self, run_id: str, n_tasks: int, call: str) -> None:
+    def __init__(self, run_id: str, n_tasks: int, call: str | None) -> None:
+        # None: the calling form is not known (`wait` on a service's run): no hint about it.
         self.run_id = run_id
         self.call = call
         self.first_wanted = min(FIRST_FEW, n_tasks)

@@ -39,13 +39,18 @@ def read_inputs(path: Path) -> list[Any]:
 def read_resources(value: str | None) -> TaskResources | None:
     if value is None:
         return None
+    return parse_resources(resources_data(value))
+
+
+def resources_data(value: str) -> Any:
+    """--resources as given: a .json/.toml file's content, or the JSON itself (unchecked: a
+    service checks it against its own admin's config)."""
     if Path(value).is_file():
-        return parse_resources(load_json_or_toml(value))
+        return load_json_or_toml(value)
     try:
-        data = json.loads(value)
+        return json.loads(value)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--resources: neither a file nor JSON ({exc.msg})") from None
-    return parse_resources(data)
 
 
 def check_results_path(path: Path | None) -> None:

@@ -15,14 +15,24 @@ from rich.table import Table
 from ..errors import SlurmRunnerError
 from ..tasklogs import LogUnreadable, log_path, read_log
 from .inputs import attach, check_results_path, open_store
-from .options import JsonOpt, ResultsOpt, RunArg, StoreOpt
-from .output import fail, say, status_dict, summary, write_json, write_results
+from .options import JsonOpt, ResultsOpt, RunArg, ServerOpt, StoreOpt, TokenOpt
+from .output import fail, status_dict, summary, write_json, write_log, write_results
 
 LOG_LIMIT_BYTES = 1024 * 1024
 
 
-def status(run_id: RunArg, json_out: JsonOpt = False, store: StoreOpt = None) -> None:
+def status(
+    run_id: RunArg,
+    json_out: JsonOpt = False,
+    store: StoreOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
     """Look at the run once (results so far, the scheduler) and print its counts."""
+    if server:
+        from . import remote
+
+        return remote.status(remote.connect(server, token, store=store), run_id, json_out)
     attached = attach(run_id, store)
     try:
         st = attached.poll()
@@ -42,9 +52,15 @@ def results(
     ] = False,
     results: ResultsOpt = None,
     store: StoreOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Print the results stored so far (JSON lines, input order)."""
     check_results_path(results)
+    if server:
+        from . import remote
+
+        return remote.results(remote.connect(server, token, store=store), run_id, failed, results)
     attached = attach(run_id, store)
     found = attached.results()
     if failed:
@@ -64,8 +80,14 @@ def logs(
         bool, typer.Option("--all", help="The whole log, not only its last 1 MB.")
     ] = False,
     store: StoreOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Print a task's log (its standard output and error)."""
+    if server:
+        from . import remote
+
+        return remote.logs(remote.connect(server, token, store=store), run_id, index, tail, whole)
     attached = attach(run_id, store)
     if not 0 <= index < attached.n_tasks:
         fail(f"run {attached.id} has tasks 0 to {attached.n_tasks - 1}, not {index}")
@@ -77,25 +99,33 @@ def logs(
         fail(str(exc), 1)
     if got is None:
         fail(f"task {index} has no log (yet): {log_path(attached.spec, index)}", 1)
-    data, size, path = got.data, got.size, got.path
-    if tail is not None:
-        data = b"".join(data.splitlines(keepends=True)[-tail:])
-    elif len(data) < size:
-        say(escape(f"(the last {len(data)} of {size} bytes of {path}; --all for the whole log)"))
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+    write_log(got, tail, "--all for the whole log")
+
+
+def run_row(
+    run_id: str, created: float, state: str, n_tasks: int, backend: str, user: str | None
+) -> dict[str, Any]:
+    """A line of `runs` (its --json keys)."""
+    return {
+        "id": run_id,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)),
+        "state": state,
+        "n_tasks": n_tasks,
+        "backend": backend,
+        "user": user,
+    }
 
 
 def _run_rows(limit: int, store: Path | None) -> list[dict[str, Any]]:
     return [
-        {
-            "id": row.id,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.created)),
-            "state": row.state,
-            "n_tasks": row.n_tasks,
-            "backend": row.spec.get("profile", {}).get("backend", "local"),
-            "user": row.spec.get("profile", {}).get("username"),
-        }
+        run_row(
+            row.id,
+            row.created,
+            row.state,
+            row.n_tasks,
+            row.spec.get("profile", {}).get("backend", "local"),
+            row.spec.get("profile", {}).get("username"),
+        )
         for row in open_store(store).runs(limit)
     ]
 
@@ -104,9 +134,20 @@ def runs(
     json_out: JsonOpt = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many runs.")] = 50,
     store: StoreOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """List the runs in the store, newest first (full ids)."""
-    rows = _run_rows(limit, store)
+    """List the runs in the store (or yours on the service), newest first (full ids)."""
+    if server:
+        from . import remote
+
+        rows = remote.run_rows(remote.connect(server, token, store=store), limit)
+    else:
+        rows = _run_rows(limit, store)
+    _show_runs(rows, json_out)
+
+
+def _show_runs(rows: list[dict[str, Any]], json_out: bool) -> None:
     if json_out:
         write_json(rows)
         return

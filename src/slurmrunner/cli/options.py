@@ -77,4 +77,27 @@ MaxFailuresOpt = Annotated[
         show_default=False,
     ),
 ]
+# A service instead of this machine: run and look at runs there, as the token's user.
+_REMOTE = "On a service"
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="SLURMRUNNER_SERVER",
+        help="A slurmrunner service's URL (http[s]://host[:port]): the run is there, on your "
+        "Profile's Resource. Unset: on this machine.",
+        show_default=False,
+        rich_help_panel=_REMOTE,
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="SLURMRUNNER_TOKEN",
+        help="Your API token for --server (better in $SLURMRUNNER_TOKEN: an option shows in ps).",
+        show_default=False,
+        rich_help_panel=_REMOTE,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on standard output.")]

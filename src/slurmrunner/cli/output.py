@@ -21,7 +21,9 @@ from rich.table import Table
 
 from ..results import TaskResult
 from ..runner import Run, RunStatus
+from ..tasklogs import LogTail
 from .signals import quiet_dead_streams
+from .views import RunView
 
 
 class _PersonConsole(Console):
@@ -74,6 +76,26 @@ def write_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def submitted(run_id: str, n_tasks: int, n_jobs: int, run_dir: str, json_out: bool) -> None:
+    """What `submit` prints: the run id, or what it is made of as JSON."""
+    if json_out:
+        write_json({"run_id": run_id, "n_tasks": n_tasks, "n_jobs": n_jobs, "run_dir": run_dir})
+    else:
+        typer.echo(run_id)
+
+
+def write_log(got: LogTail, tail: int | None, more: str) -> None:
+    """A task's log on standard output: its last `tail` lines, or what was read of it (with a
+    word on standard error when that is not the whole log: `more` says how to get it)."""
+    data = got.data
+    if tail is not None:
+        data = b"".join(data.splitlines(keepends=True)[-tail:])
+    elif len(data) < got.size:
+        say(escape(f"(the last {len(data)} of {got.size} bytes of {got.path}; {more})"))
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
 def plan_line(run: Run) -> str:
     plan = run.spec.plan
     jobs = f"{plan.num_jobs} job" + ("s" if plan.num_jobs != 1 else "")
@@ -103,7 +125,7 @@ def failure_causes(results: list[TaskResult]) -> Counter[str]:
 
 
 def summary(
-    run: Run, status: RunStatus, elapsed: float | None = None, state: str | None = None
+    run: RunView, status: RunStatus, elapsed: float | None = None, state: str | None = None
 ) -> None:
     results = run.results()
     causes = failure_causes(results)
@@ -141,7 +163,7 @@ def summary(
         say(f"[red]{what}[/] — `slurmrunner results {escape(run.id)} --failed`")
 
 
-def status_dict(run: Run, st: RunStatus, state: str) -> dict[str, Any]:
+def status_dict(run: RunView, st: RunStatus, state: str) -> dict[str, Any]:
     return {
         "run_id": run.id,
         "state": state,

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 from rich.markup import escape
 
 from ..config import TaskResources
 from ..errors import SlurmRunnerError
-from ..runner import Run, Runner, RunStatus
+from ..runner import Run, Runner
+from .driving import Driving, on_signal, run_to_end, watching_line
 from .inputs import attach, check_results_path, make_runner, read_inputs, read_resources
 from .options import (
     CallOpt,
@@ -28,12 +25,12 @@ from .options import (
     ResourcesOpt,
     ResultsOpt,
     RunArg,
+    ServerOpt,
     StoreOpt,
+    TokenOpt,
     WorkdirOpt,
 )
-from .output import fail, plan_line, say, summary, write_json, write_results
-from .signals import SignalGuard, quiet_dead_streams
-from .watch import TooManyFailures, watch
+from .output import fail, plan_line, say, submitted
 
 EXIT_CODES = (
     "Exit status: 0 every task ok; 1 a task failed or was cancelled (or --max-failures "
@@ -66,81 +63,6 @@ def render(
         typer.echo(f"# ===== job {k} of {len(scripts)} =====\n{script}", nl=False)
 
 
-def _stop_on_signal(run: Run | None, signum: int) -> NoReturn:
-    """Cancel what was submitted, then exit 128+signum. Printing may fail after SIGHUP (the
-    terminal is gone): that must never stop the cancel nor change the exit status."""
-    name = signal.Signals(signum).name
-    if run is None:
-        message = f"interrupted ({name}) before anything was submitted"
-    else:
-        try:
-            n = run.cancel()
-            message = f"interrupted ({name}): cancelled {n} jobs of run {run.id}"
-        except Exception as exc:  # still leave with the signal's status, and say how to finish
-            message = (
-                f"interrupted ({name}): cancelling run {run.id} failed ({exc}); "
-                f"finish with `slurmrunner cancel {run.id}`"
-            )
-    say(escape(message))  # never raises: see output.say
-    quiet_dead_streams()
-    raise typer.Exit(128 + signum)
-
-
-def _drive(run: Run, max_failures: int | None) -> RunStatus:
-    try:
-        return watch(run, max_failures)
-    except TooManyFailures as exc:
-        say(f"[red]stopping:[/] {escape(f'{exc}; cancelling the rest of run {run.id}')}")
-        run.cancel()
-        return run.status()
-
-
-def _finish(run: Run, status: RunStatus, results_path: Path | None, t0: float) -> NoReturn:
-    write_results(run.results(), results_path, run.id)
-    summary(run, status, time.monotonic() - t0)
-    bad = status.counts.get("failed", 0) + status.counts.get("cancelled", 0)
-    raise typer.Exit(1 if bad or not status.done else 0)
-
-
-@dataclass
-class _Driving:
-    run: Run | None = None
-
-
-def _stop_watching(run: Run | None, signum: int) -> NoReturn:
-    """`wait` only watches: a signal stops the watching, never the run someone submitted."""
-    name = signal.Signals(signum).name
-    if run is not None:
-        say(
-            escape(
-                f"interrupted ({name}): stopped watching; run {run.id} goes on "
-                f"(`slurmrunner wait {run.id}` to watch again, `slurmrunner cancel {run.id}` "
-                "to stop it)"
-            )
-        )
-    quiet_dead_streams()
-    raise typer.Exit(128 + signum)
-
-
-@contextmanager
-def _on_signal(cancel: bool = True) -> Iterator[_Driving]:
-    """Put the run in the yielded holder as soon as it exists: a signal at any point after
-    that (submission included) cancels what was sent (or, for a mere watcher, stops
-    watching), then exits 128+N."""
-    driving = _Driving()
-    with SignalGuard() as guard:
-        try:
-            yield driving
-        except BaseException as exc:
-            if guard.signum is not None:
-                if not cancel:
-                    _stop_watching(driving.run, guard.signum)
-                _stop_on_signal(driving.run, guard.signum)
-            if isinstance(exc, SlurmRunnerError):
-                fail(str(exc))
-            raise
-
-
 def _request(
     config: Path | None,
     profile: Path | None,
@@ -167,22 +89,31 @@ def run(
     workdir: WorkdirOpt = None,
     max_failures: MaxFailuresOpt = None,
     store: StoreOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Run COMMAND once per input and wait; results as JSON lines, summary on stderr.
 
     Failures are printed as they happen (cause, message, last lines of the log, its path).
     Ctrl-C, SIGTERM and SIGHUP cancel the run's jobs before exiting.
     """
+    if server:
+        from . import remote
+
+        client = remote.connect(server, token, config=config, profile=profile, store=store)
+        return remote.run(client, inputs, command, resources, results, call, workdir, max_failures)
     t0 = time.monotonic()
     check_results_path(results)
     runner, tasks, res = _request(config, profile, store, inputs, resources)
-    with _on_signal() as driving:
+
+    def begin(driving: Driving) -> Run:
         # The id is on screen before the first job exists.
         started = driving.run = runner.prepare(command, tasks, res, call, workdir)
         say(escape(plan_line(started)))
         started.start()
-        status = _drive(started, max_failures)
-    _finish(started, status, results, t0)
+        return started
+
+    run_to_end(begin, results, t0, max_failures, call)
 
 
 def submit(
@@ -195,24 +126,21 @@ def submit(
     workdir: WorkdirOpt = None,
     json_out: JsonOpt = False,
     store: StoreOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Submit and return at once; prints the run id for status/wait/results/cancel/logs."""
+    if server:
+        from . import remote
+
+        client = remote.connect(server, token, config=config, profile=profile, store=store)
+        return remote.submit(client, inputs, command, resources, call, workdir, json_out)
     runner, tasks, res = _request(config, profile, store, inputs, resources)
-    with _on_signal() as driving:
+    with on_signal() as driving:
         started = driving.run = runner.prepare(command, tasks, res, call, workdir)
         say(escape(plan_line(started)))
         started.start()
-    if json_out:
-        write_json(
-            {
-                "run_id": started.id,
-                "n_tasks": started.n_tasks,
-                "n_jobs": started.spec.plan.num_jobs,
-                "run_dir": started.run_dir,
-            }
-        )
-    else:
-        typer.echo(started.id)
+    submitted(started.id, started.n_tasks, started.spec.plan.num_jobs, started.run_dir, json_out)
 
 
 def wait(
@@ -220,25 +148,41 @@ def wait(
     results: ResultsOpt = None,
     max_failures: MaxFailuresOpt = None,
     store: StoreOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Watch a submitted run (from any process) until every task has ended; then as `run`.
 
     Ctrl-C, SIGTERM and SIGHUP stop the watching only: the run goes on (`cancel` stops it).
     `--max-failures` does cancel the rest of the run: that is what it asks for.
     """
+    if server:
+        from . import remote
+
+        return remote.wait(
+            remote.connect(server, token, store=store), run_id, results, max_failures
+        )
     t0 = time.monotonic()
     check_results_path(results)
     attached = attach(run_id, store)
-    with _on_signal(cancel=False) as driving:
+
+    def begin(driving: Driving) -> Run:
         driving.run = attached
         done = sum(attached.store.status_counts(attached.id).values())
-        say(escape(f"watching run {attached.id}: {done}/{attached.n_tasks} tasks finished so far"))
-        status = _drive(attached, max_failures)
-    _finish(attached, status, results, t0)
+        say(escape(watching_line(attached.id, done, attached.n_tasks)))
+        return attached
+
+    run_to_end(begin, results, t0, max_failures, attached.spec.call, cancel=False)
 
 
-def cancel(run_id: RunArg, store: StoreOpt = None) -> None:
+def cancel(
+    run_id: RunArg, store: StoreOpt = None, server: ServerOpt = None, token: TokenOpt = None
+) -> None:
     """Cancel the run's unfinished jobs (scancel as the user); their tasks become `cancelled`."""
+    if server:
+        from . import remote
+
+        return remote.cancel(remote.connect(server, token, store=store), run_id)
     attached = attach(run_id, store)
     try:
         n = attached.cancel()

@@ -8,9 +8,10 @@ import time
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..runner import Run, RunStatus
+from ..runner import RunStatus
 from .failures import FailureReporter
 from .output import err, print_new_warnings, progress_line, say
+from .views import RunView
 
 LOG_PROGRESS_EVERY_S = 30.0
 
@@ -21,10 +22,11 @@ class TooManyFailures(Exception):
         self.failed = failed
 
 
-def watch(run: Run, max_failures: int | None = None) -> RunStatus:
-    """Wait for every task; raises TooManyFailures (the run still going) at the limit."""
+def watch(run: RunView, max_failures: int | None = None, call: str | None = None) -> RunStatus:
+    """Wait for every task; raises TooManyFailures (the run still going) at the limit. `call`:
+    the run's calling form, for FailureReporter's hint."""
     said: set[str] = set()
-    reporter = FailureReporter(run.id, run.n_tasks, run.spec.call)
+    reporter = FailureReporter(run.id, run.n_tasks, call)
 
     def news(st: RunStatus) -> None:
         print_new_warnings(st, said)
