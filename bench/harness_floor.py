@@ -28,13 +28,12 @@ def cpu(who: int) -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def main() -> None:
-    spec = json.load(open(sys.argv[1]))
-    d = spec["dir"]
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    n, parallel = spec["n_tasks"], spec["parallel"]
+def floor_script(spec: dict) -> str:
+    """The floor's job: the workload's commands with `xargs -P`, its own start and end times
+    written into spec["dir"] (also used by bench/service.py, one such job per run)."""
+    d, n, parallel = spec["dir"], spec["n_tasks"], spec["parallel"]
     q = shlex.quote
-    script = f"""#!/bin/bash
+    return f"""#!/bin/bash
 #SBATCH --job-name=bench-floor
 #SBATCH --partition={spec["partition"]}
 #SBATCH --ntasks=1
@@ -46,6 +45,14 @@ seq 0 {n - 1} | xargs -P {parallel} -I{{}} {q(spec["command"])} --index {{}}
 echo $? > {q(d)}/status
 date +%s.%N > {q(d)}/ended.tmp && mv {q(d)}/ended.tmp {q(d)}/ended
 """
+
+
+def main() -> None:
+    spec = json.load(open(sys.argv[1]))
+    d = spec["dir"]
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    n = spec["n_tasks"]
+    script = floor_script(spec)
     path = os.path.join(d, "floor.sh")
     with open(path, "w") as fh:
         fh.write(script)

@@ -176,10 +176,11 @@ class Run(Reading, Settling, Submission, Asking):
         if self.store.run(self.id).state != "cancelled":
             self._finish("done")
 
-    def _finish(self, state: str) -> None:
-        """Save the run's final state (done, cancelled, failed) and log it in one line, with
-        its counts: a server's log then tells every run's end, and whose it was."""
-        self.store.set_run_state(self.id, state)
+    def _finish(self, state: str, message: str | None = None) -> None:
+        """Save the run's final state (done, cancelled, failed; `message`: why it failed) and
+        log it in one line, with its counts: a server's log then tells every run's end, and
+        whose it was."""
+        self.store.set_run_state(self.id, state, message[:2000] if message else None)
         counts = self.store.status_counts(self.id)
         shown = " ".join(f"{k}={counts[k]}" for k in ("ok", "failed", "cancelled"))
         log.info("run %s %s: user=%s tasks=%d %s", self.id, state, self.user, self.n_tasks, shown)

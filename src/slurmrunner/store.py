@@ -118,6 +118,7 @@ class RunRow:
     user_id: int | None = None
     resource_id: int | None = None
     profile_id: int | None = None
+    message: str | None = None  # why it failed as a whole
 
 
 # The statements of the hot paths, built once. Every column of `runs`, in RunRow's order.
@@ -323,9 +324,10 @@ class Store(RunQueries):
         shown = ", ".join(found[:5])
         raise RunNotFoundError(f"{text!r} matches several runs ({shown}...): give more of the id")
 
-    def set_run_state(self, run_id: str, state: str) -> None:
+    def set_run_state(self, run_id: str, state: str, message: str | None = None) -> None:
+        values = {"state": state} if message is None else {"state": state, "message": message}
         with self._tx() as conn:
-            conn.execute(update(_runs).where(_runs.c.id == run_id).values(state=state))
+            conn.execute(update(_runs).where(_runs.c.id == run_id).values(**values))
 
     # jobs
     def jobs(self, run_id: str) -> list[JobRow]:
@@ -436,4 +438,4 @@ def _save_row(save: schema.Compiled, run_id: str, r: TaskResult) -> Any:
 
 
 def _run_row(r: Any) -> RunRow:
-    return RunRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7])
+    return RunRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8])

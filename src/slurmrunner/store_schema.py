@@ -70,6 +70,9 @@ runs = Table(
     Column("user_id", Integer, nullable=True),
     Column("resource_id", Integer, nullable=True),
     Column("profile_id", Integer, nullable=True),
+    # Why a run failed as a whole (its start was refused, its first sbatch failed): shown to
+    # its user beside the state.
+    Column("message", Text, nullable=True),
     PrimaryKeyConstraint("id"),
 )
 # A user's runs, newest first (GET /runs).
@@ -151,6 +154,8 @@ def upgrade_sqlite_file(conn: Connection) -> None:
     for name in ("user_id", "resource_id", "profile_id"):
         if name not in columns["runs"]:
             conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} INTEGER"))
+    if "message" not in columns["runs"]:
+        conn.execute(text("ALTER TABLE runs ADD COLUMN message TEXT"))
     if "status" not in columns["tasks"]:
         conn.execute(text("ALTER TABLE tasks ADD COLUMN status TEXT"))
         conn.execute(text("ALTER TABLE tasks ADD COLUMN cause TEXT"))

@@ -75,7 +75,21 @@ class Submission:
         self.store.set_run_state(self.id, "running")
         self._flush_counters()
 
-    def _make_run_folder(self) -> None:
+    def resume(self) -> None:
+        """Take over a run an earlier process stored: submit the jobs it did not. A run still
+        `submitting` is one whose `start` never ended (the process died first, e.g. a server
+        killed between storing a run and its watcher's first step): its folder may be missing
+        or half made, and a job submitted without it fails to launch. So it is started, taking
+        the folder that process may have made."""
+        if self.store.run(self.id).state != "submitting":
+            self._submit_missing()
+            return
+        self._make_run_folder(taken_over=True)
+        self._submit_missing()
+        self.store.set_run_state(self.id, "running")
+        self._flush_counters()
+
+    def _make_run_folder(self, taken_over: bool = False) -> None:
         base = self.spec.profile.resolved_project_dir()
         parents = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs"]
         # Looked at before anything is made in them: a folder another account may write, or
@@ -84,6 +98,19 @@ class Submission:
         before = self._user(["ls", "-ldn", f"{base}/", *parents[1:]])  # missing ones: rc 2
         check_before_making(before.stdout, base, parents[1:])
         self._user(["mkdir", "-p", "-m", "700", *parents], check=True)
+        if taken_over:
+            # From a process that died in `start`: the folder, if there, is that process's
+            # (the parents let no other account write, checked just below) and holds what it made
+            # (the jobs it submitted write into it), so it is kept as it is.
+            self._user(["mkdir", "-p", "-m", "700", self.run_dir], check=True)
+        else:
+            self._make_new_run_dir()
+        listing = self._user(["ls", "-ldnL", *parents, self.run_dir], check=True)
+        check_folders(listing.stdout, parents, self.run_dir)
+        subdirs = [f"{self.run_dir}/{sub}" for sub in ("jobs", "logs", "tasks", "results")]
+        self._user(["mkdir", "-p", "-m", "700", *subdirs], check=True)
+
+    def _make_new_run_dir(self) -> None:
         # No -p: refused if it exists (a run id is new, so only a plant would be there), and
         # not run again after a dropped connection, when "exists" could be our own doing.
         try:
@@ -93,8 +120,8 @@ class Submission:
                 raise
             made = None  # the connection dropped while it ran: it may be made, by us
         if made is None:
-            # Parents no other account may write (checked below) leave only the user able to
-            # have made it, so an empty folder here is that very mkdir's.
+            # Parents no other account may write (checked after this, in _make_run_folder)
+            # leave only the user able to have made it, so an empty folder is that mkdir's.
             self._user(["mkdir", "-p", "-m", "700", self.run_dir], check=True)
             if self._user(["ls", "-A", self.run_dir], check=True).stdout.strip():
                 raise HostError(f"the run folder {self.run_dir} is not empty: refusing it")
@@ -103,10 +130,6 @@ class Submission:
                 f"cannot create the run folder {self.run_dir}: {made.stderr.strip()[:300]} "
                 "(it must not exist before the run)"
             )
-        listing = self._user(["ls", "-ldnL", *parents, self.run_dir], check=True)
-        check_folders(listing.stdout, parents, self.run_dir)
-        subdirs = [f"{self.run_dir}/{sub}" for sub in ("jobs", "logs", "tasks", "results")]
-        self._user(["mkdir", "-p", "-m", "700", *subdirs], check=True)
 
     def _user(
         self, argv: list[str], check: bool = False, idempotent: bool = True, **host_kw: Any
@@ -157,7 +180,7 @@ class Submission:
             except SchedulerError as exc:
                 if row.idx == 0:
                     self.store.update_job(self.id, row.idx, state="NEW")
-                    self._finish("failed")
+                    self._finish("failed", f"the first job was not submitted: {exc}")
                     raise
                 log.warning(
                     "run %s job %d not submitted: user=%s %s", self.id, row.idx, self.user, exc

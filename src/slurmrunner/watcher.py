@@ -312,20 +312,20 @@ class Watcher(SharedReads):
             e.start = e.resume = False
             try:
                 run.start()  # flushes the run's counters: its jobs count as the submissions
-            except Exception:
+            except Exception as exc:
                 # Not to be tried again (its folder is refused once made): what went through
-                # is cancelled, and the run is failed.
+                # is cancelled, and the run is failed, saying why.
                 try:
                     run.cancel()
                 finally:
-                    run._finish("failed")
+                    run._finish("failed", f"could not start: {exc}")
                 raise
             e.rows = run._rows()
             self._count("submit", e.keys.scheduler, len(e.rows))
             return
         if e.resume:
             e.resume = False
-            run._submit_missing()
+            run.resume()  # a run whose start never ended gets its folder first
         e.rows = run._rows()
         self._count("submit", e.keys.scheduler, run.calls[submit] - before)
 

@@ -249,3 +249,15 @@ def test_a_user_with_runs_is_not_deleted(client, admin, with_profile):
 def _own_local_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The local backend's queue file of this test alone."""
     monkeypatch.setenv("SLURMRUNNER_LOCAL_QUEUE", str(tmp_path / "queue.sqlite"))
+
+
+def test_a_run_that_cannot_start_says_why(client, with_profile, tmp_path):
+    """Its project folder became writable by others after the Profile was saved: the run is
+    refused at its start, in the watcher, and the run says so."""
+    alice = with_profile("alice")
+    (tmp_path / "alice").chmod(0o777)
+    run = post_run(client, alice, [1]).json()
+    done = wait_done(client, run["id"], alice)
+    assert done["state"] == "failed"
+    assert done["message"].startswith("could not start:") and "written by other users" in done["message"]
+    assert done["call"] == "fractal"

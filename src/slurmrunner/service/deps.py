@@ -58,11 +58,18 @@ def current_superuser(user: CurrentUser) -> User:
     return user
 
 
-def current_user_with_profile(user: CurrentUser) -> User:
+def current_user_with_profile(user: CurrentUser, db: DbSession) -> User:
     """The user, whose `profile` (and `profile.resource`) is set. Run routes then call
     `checks.core_profile(user.profile, user.profile.resource)` before acting."""
     if user.profile is None:
         raise HTTPException(403, NO_PROFILE)
+    if user.profile.resource is None:  # never (a required column), but loaded now
+        raise HTTPException(403, NO_PROFILE)
+    # The session's connection goes back to the pool before the handler runs (objects stay
+    # readable: expire_on_commit=False). Run routes work through the Store, on the same pool:
+    # requests each holding one connection while waiting for a second would, as many at once
+    # as the pool has connections, leave all of them waiting (QueuePool timeout after 30 s).
+    db.commit()
     return user
 
 

@@ -123,6 +123,8 @@ def run_read(store: Store, row: RunRow) -> RunRead:
         resource_id=row.resource_id,
         profile_id=row.profile_id,
         run_dir=spec.run_dir,
+        call=spec.call,
+        message=row.message,
     )
 
 

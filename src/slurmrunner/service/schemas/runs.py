@@ -62,6 +62,8 @@ class RunRead(Response):
     resource_id: int | None
     profile_id: int | None
     run_dir: str
+    call: str  # how each task is called: fractal (--args-json/--out-json) or stdin
+    message: str | None  # why the run failed as a whole (its start refused, ...)
 
 
 class JobRead(Response):

@@ -1,4 +1,4 @@
-"""each saved result's status and cause in its task row; runs indexed by state
+"""each saved result's status and cause in its task row; runs indexed by state, with a message
 
 Revision ID: 0003
 Revises: 0002
@@ -7,7 +7,8 @@ Create Date: 2026-11-30
 `tasks.status` and `tasks.cause` are written with each result (store.Store.save_results), so a
 run's failures are paged and counted by cause without reading every result. Results saved
 before this revision get theirs from their JSON here. `ix_runs_state`: the unfinished runs
-are looked up at every start, per-user limit check and metrics scrape.
+are looked up at every start, per-user limit check and metrics scrape. `runs.message`: why a
+run failed as a whole.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ def upgrade() -> None:
         status, cause = "result::json ->> 'status'", "result::json -> 'error' ->> 'cause'"
     else:
         status, cause = "json_extract(result, '$.status')", "json_extract(result, '$.error.cause')"
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("message", sa.Text(), nullable=True))
     op.create_index("ix_runs_state", "runs", ["state"])
     op.execute(f"UPDATE tasks SET status = {status}, cause = {cause} WHERE result IS NOT NULL")
 
 
 def downgrade() -> None:
     op.drop_index("ix_runs_state", "runs")
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("message")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("cause")
         batch.drop_column("status")
