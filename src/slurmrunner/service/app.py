@@ -16,11 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..errors import ConfigError
 from ..pacing import PollPolicy
 from ..store import Store
-from . import metrics, migrate
+from . import metrics, migrate, web
 from .db import make_engine, make_sessionmaker, parse_db_url
 from .errors import ServiceError
 from .routers import api_v1, operations
@@ -67,6 +68,12 @@ def _error_handlers(app: FastAPI) -> None:
         log.warning("database refused a value: %s", exc.orig)
         detail = [{"loc": ["body"], "msg": "a value cannot be stored", "type": "data_error"}]
         return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every database connection stayed busy for the pool's timeout: overload, not a bug.
+        log.warning("database pool exhausted: %s", exc)
+        return JSONResponse({"detail": "server busy; try again"}, 503, headers={"Retry-After": "5"})
 
     @app.exception_handler(OperationalError)
     async def database_down(_: Request, exc: DBAPIError) -> JSONResponse:
@@ -120,5 +127,6 @@ def create_app(
     _error_handlers(app)
     app.include_router(operations())
     app.include_router(api_v1())
+    web.install(app)  # the web pages under /web (service/web)
     metrics.install(app)  # GET /metrics and the request timings
     return app
