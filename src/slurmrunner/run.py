@@ -225,6 +225,8 @@ class Run(Reading, Settling, Submission, Asking):
     def _cancel(self) -> int:
         if sum(self.store.status_counts(self.id).values()) >= self.n_tasks:
             return 0
+        if self.store.run(self.id).state == "failed":
+            return 0  # its jobs were cancelled when it failed; it stays failed, saying why
         rows = [r for r in self.store.jobs(self.id) if not r.done]
         for row in rows:
             if row.job_id is None and row.state == "SUBMITTING":

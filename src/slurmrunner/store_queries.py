@@ -60,11 +60,14 @@ class RunQueries:
         with self._read() as conn:
             return Counter({cause: n for cause, n in conn.execute(query.group_by(c.cause))})
 
-    def count_active_runs(self, user_id: int) -> int:
-        """A user's runs not yet done, cancelled or failed (the per-user limit)."""
+    def count_active_runs(self, user_id: int, resource_id: int | None = None) -> int:
+        """A user's runs not yet done, cancelled or failed (the per-user limit), on one
+        Resource when given."""
         query = select(func.count()).where(
             _runs.c.user_id == user_id, _runs.c.state.not_in(schema.FINAL_RUN_STATES)
         )
+        if resource_id is not None:
+            query = query.where(_runs.c.resource_id == resource_id)
         with self._read() as conn:
             return int(conn.execute(query).scalar() or 0)
 

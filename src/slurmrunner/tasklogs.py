@@ -9,6 +9,7 @@ only the last `limit` bytes as they stream in: a task that wrote gigabytes costs
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,12 @@ def _read_local(path: str, limit: int | None) -> LogTail | None:
     except OSError as exc:
         raise LogUnreadable(f"cannot read {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, size - limit) if limit is not None else 0)
-        data = fh.read(limit) if limit is not None else fh.read()
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a FIFO or device put there
+            raise LogUnreadable(f"cannot read {path}: not a regular file")
+        try:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - limit) if limit is not None else 0)
+            data = fh.read(limit) if limit is not None else fh.read()
+        except OSError as exc:
+            raise LogUnreadable(f"cannot read {path}: {exc.strerror}") from None
     return LogTail(path, data, size)

@@ -259,5 +259,14 @@ def test_a_run_that_cannot_start_says_why(client, with_profile, tmp_path):
     run = post_run(client, alice, [1]).json()
     done = wait_done(client, run["id"], alice)
     assert done["state"] == "failed"
-    assert done["message"].startswith("could not start:") and "written by other users" in done["message"]
+    assert done["message"].startswith("could not start:")
+    assert "written by other users" in done["message"]
     assert done["call"] == "fractal"
+
+
+def test_bodies_over_the_bound_are_refused_before_auth(client):
+    big = b"x" * (65 << 10)
+    assert client.post("/web/login", content=big).status_code == 413
+    headers = {"Content-Length": str(300 << 20), "Content-Type": "application/json"}
+    refused = client.post("/api/v1/runs", content=b"{}", headers=headers)
+    assert refused.status_code == 413 and "KiB" in refused.text

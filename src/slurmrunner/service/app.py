@@ -18,10 +18,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HostError, PolicyError, SchedulerError
 from ..pacing import PollPolicy
 from ..store import Store
 from . import metrics, migrate, web
+from .bodylimit import BodyLimit
 from .db import make_engine, make_sessionmaker, parse_db_url
 from .errors import ServiceError
 from .routers import api_v1, operations
@@ -68,6 +69,22 @@ def _error_handlers(app: FastAPI) -> None:
         log.warning("database refused a value: %s", exc.orig)
         detail = [{"loc": ["body"], "msg": "a value cannot be stored", "type": "data_error"}]
         return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(HostError)
+    async def cluster_unreachable(_: Request, exc: HostError) -> JSONResponse:
+        # sudo or SSH to the cluster failed (a cancel, a log): not the client's fault.
+        log.warning("cluster call failed: %s", exc)
+        return JSONResponse({"detail": "the cluster did not answer; try again"}, 503)
+
+    @app.exception_handler(PolicyError)
+    async def policy_refused(_: Request, exc: PolicyError) -> JSONResponse:
+        # The run's account is no longer one the policy allows (an admin's change).
+        return JSONResponse({"detail": str(exc)}, 403)
+
+    @app.exception_handler(SchedulerError)
+    async def scheduler_refused(_: Request, exc: SchedulerError) -> JSONResponse:
+        log.warning("scheduler refused: %s", exc)
+        return JSONResponse({"detail": f"the scheduler refused: {str(exc)[:500]}"}, 502)
 
     @app.exception_handler(PoolTimeout)
     async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
@@ -128,5 +145,6 @@ def create_app(
     app.include_router(operations())
     app.include_router(api_v1())
     web.install(app)  # the web pages under /web (service/web)
+    app.add_middleware(BodyLimit)  # before anything reads a body, token or not
     metrics.install(app)  # GET /metrics and the request timings
     return app

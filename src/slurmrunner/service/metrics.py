@@ -49,7 +49,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..store_schema import FINAL_RUN_STATES, runs, status_counts
@@ -181,6 +181,8 @@ def route_template(scope: Scope) -> str:
             if candidate.matches(scope)[0] != Match.NONE:
                 route = candidate
                 break
+    if isinstance(route, Mount):  # static files: the mount, never the file asked for
+        return route.path
     template = getattr(route, "path", None)
     if not isinstance(template, str) or not template.startswith("/"):
         return UNMATCHED
@@ -193,7 +195,28 @@ def route_template(scope: Scope) -> str:
     # parameter of a prefix, were there one, is put back as its name).
     params = {str(v): k for k, v in dict(scope.get("path_params") or {}).items()}
     prefix = [f"{{{params[s]}}}" if s in params else s for s in raw[: len(raw) - len(tail)]]
-    return "/".join(prefix + tail)
+    rebuilt = "/".join(prefix + tail)
+    return _bounded(scope.get("app"), rebuilt)
+
+
+#: Route labels one app may have: its routes number a few dozen. The prefix of a rebuilt
+#: template comes from the request's own path, so past this bound a new one is `unmatched`.
+MAX_ROUTE_LABELS = 200
+
+
+def _bounded(app: Any, template: str) -> str:
+    state = getattr(app, "state", None)
+    if state is None:
+        return UNMATCHED
+    seen: set[str] | None = getattr(state, "route_labels", None)
+    if seen is None:
+        seen = state.route_labels = set()
+    if template in seen:
+        return template
+    if len(seen) >= MAX_ROUTE_LABELS:
+        return UNMATCHED
+    seen.add(template)  # a race may add one more than the bound: harmless
+    return template
 
 
 class _ServiceCollector(Collector):

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 from ..backends import backend_for
 from ..errors import BatchingError, ConfigError, HostError, RunNotFoundError
@@ -32,7 +33,14 @@ log = logging.getLogger("slurmrunner.service")
 
 # The per-user limit is checked and the run stored under one lock: two requests of one user at
 # once cannot both pass a limit that has room for one.
-_admission = threading.Lock()
+# Per user, in this process: the API's one process (serve) is the only writer of runs.
+_admission: dict[int, threading.Lock] = {}
+_admission_guard = threading.Lock()
+
+
+def _admission_lock(user_id: int) -> threading.Lock:
+    with _admission_guard:
+        return _admission.setdefault(user_id, threading.Lock())
 
 
 def owned_run(store: Store, user: User, run_id: str) -> RunRow:
@@ -74,10 +82,11 @@ def create_run(store: Store, watching: ServiceWatcher, user: User, body: RunCrea
     # changed since the Profile was saved.
     core, config = core_profile(profile, resource)
     runner = Runner(config, core, store, watching.poll_policy)
-    with _admission:
-        active_limit = resource.max_active_runs_per_user
+    active_limit = resource.max_active_runs_per_user
+    # Only a user with a limit waits, and only for their own other requests.
+    with _admission_lock(user.id) if active_limit is not None else nullcontext():
         if active_limit is not None:
-            active = store.count_active_runs(user.id)
+            active = store.count_active_runs(user.id, resource.id)
             if active >= active_limit:
                 raise Conflict(
                     f"you have {active} active runs: this Resource's "

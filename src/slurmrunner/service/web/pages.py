@@ -43,7 +43,10 @@ async def _form(request: Request) -> dict[str, str]:
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         return {}
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20)
+    except ValueError:  # more fields than any of our forms has: not one of ours
+        return {}
     return {k: v[0] for k, v in fields.items()}
 
 
