@@ -222,7 +222,13 @@ class Run(Reading, Settling, Submission, Asking):
         with self._lock:  # a watcher's step on this run ends first; none starts after
             return self._cancel()
 
-    def _cancel(self) -> int:
+    def fail(self, message: str) -> int:
+        """Cancel what went through and mark the run failed, saying why, in one step: its
+        state goes straight to `failed` (never `cancelled` on the way)."""
+        with self._lock:
+            return self._cancel("failed", message)
+
+    def _cancel(self, state: str = "cancelled", message: str | None = None) -> int:
         if sum(self.store.status_counts(self.id).values()) >= self.n_tasks:
             return 0
         if self.store.run(self.id).state == "failed":
@@ -249,7 +255,7 @@ class Run(Reading, Settling, Submission, Asking):
             self._w(row).held.clear()
             self._save(cancelled(i, row.job_id) for i in row.task_range)
             self.store.update_job(self.id, row.idx, state="CANCELLED", done=1)
-        self._finish("cancelled")
+        self._finish(state, message)
         self._closed = True
         self._flush_counters()
         return len(ids)

@@ -315,10 +315,12 @@ class Watcher(SharedReads):
             except Exception as exc:
                 # Not to be tried again (its folder is refused once made): what went through
                 # is cancelled, and the run is failed, saying why.
+                why = f"could not start: {exc}"
                 try:
-                    run.cancel()
-                finally:
-                    run._finish("failed", f"could not start: {exc}")
+                    run.fail(why)
+                except Exception:
+                    run._finish("failed", why)  # the cancel failed: the state still says why
+                    raise
                 raise
             e.rows = run._rows()
             self._count("submit", e.keys.scheduler, len(e.rows))
