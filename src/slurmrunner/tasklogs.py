@@ -38,19 +38,23 @@ def log_path(spec: RunSpec, index: int) -> str:
     return f"{spec.run_dir}/logs/{index}.log"
 
 
-def read_log(spec: RunSpec, user_host: Host, index: int, limit: int | None) -> LogTail | None:
+def read_log(
+    spec: RunSpec,
+    user_host: Host,
+    index: int,
+    limit: int | None,
+    timeout: float = CAT_TIMEOUT_S,
+) -> LogTail | None:
     """The last `limit` bytes of task `index`'s log (all of it when None); None: no log yet.
-    `user_host`: the run's backend's host of its user."""
+    `user_host`: the run's backend's host of its user; `timeout`: of the `cat`."""
     path = log_path(spec, index)
     if spec.profile.backend == "local":
         return _read_local(path, limit)
     try:
         if limit is None:
-            got = user_host.run(["cat", path], timeout=CAT_TIMEOUT_S)
+            got = user_host.run(["cat", path], timeout=timeout)
         else:
-            got = user_host.run(
-                ["cat", path], timeout=CAT_TIMEOUT_S, max_output=limit, keep_tail=True
-            )
+            got = user_host.run(["cat", path], timeout=timeout, max_output=limit, keep_tail=True)
     except HostError as exc:
         raise LogUnreadable(f"cannot read {path}: {exc}") from None
     if not got.ok:

@@ -270,3 +270,20 @@ def test_bodies_over_the_bound_are_refused_before_auth(client):
     headers = {"Content-Length": str(300 << 20), "Content-Type": "application/json"}
     refused = client.post("/api/v1/runs", content=b"{}", headers=headers)
     assert refused.status_code == 413 and "KiB" in refused.text
+
+
+def test_log_reads_are_bounded(client, with_profile):
+    from slurmrunner.service import runs as ops
+
+    alice = with_profile("alice")
+    run = post_run(client, alice, [1]).json()
+    wait_done(client, run["id"], alice)
+    taken = [ops._log_reads.acquire(blocking=False) for _ in range(ops.LOG_READS_AT_ONCE)]
+    try:
+        assert all(taken)
+        busy = client.get(f"/api/v1/runs/{run['id']}/tasks/0/log", headers=alice)
+        assert busy.status_code == 503 and "log reads" in busy.text
+    finally:
+        for _ in taken:
+            ops._log_reads.release()
+    assert client.get(f"/api/v1/runs/{run['id']}/tasks/0/log", headers=alice).status_code == 200

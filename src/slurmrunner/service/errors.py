@@ -31,6 +31,12 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class ServiceBusy(ServiceError):
+    """A bounded resource of the service is in use (e.g. log reads): try again shortly."""
+
+    status_code = 503
+
+
 class ClusterUnavailable(ServiceError):
     """The cluster (or the SSH host) did not answer: try again later, not a bug."""
 

@@ -24,7 +24,7 @@ from ..store import RunRow, Store
 from ..store_queries import StatusFilter
 from ..tasklogs import LogTail, read_log
 from .checks import core_profile
-from .errors import ClusterUnavailable, Conflict, Invalid, NotFound
+from .errors import ClusterUnavailable, Conflict, Invalid, NotFound, ServiceBusy
 from .models import User
 from .schemas.runs import JobRead, RunCreate, RunDetail, RunRead
 from .watching import ServiceWatcher
@@ -36,6 +36,12 @@ log = logging.getLogger("slurmrunner.service")
 # Per user, in this process: the API's one process (serve) is the only writer of runs.
 _admission: dict[int, threading.Lock] = {}
 _admission_guard = threading.Lock()
+
+
+#: Log reads at once in this process, and the timeout of each (seconds).
+LOG_READS_AT_ONCE = 4
+LOG_READ_TIMEOUT_S = 10.0
+_log_reads = threading.BoundedSemaphore(LOG_READS_AT_ONCE)
 
 
 def _admission_lock(user_id: int) -> threading.Lock:
@@ -182,7 +188,14 @@ def task_log(store: Store, row: RunRow, index: int, limit: int) -> LogTail:
     # finished index of a 100,000-task run for one log).
     spec = RunSpec.from_dict(row.spec)
     backend = backend_for(spec.profile, spec.local_queue, spec.config.impersonation)
-    found = read_log(spec, backend.user_host, index, limit)
+    # A log is the user's file: a FIFO or /dev/urandom there makes `cat` last its whole
+    # timeout. Few at once and short, so log reads never take the API's worker threads.
+    if not _log_reads.acquire(blocking=False):
+        raise ServiceBusy("too many log reads at once; try again")
+    try:
+        found = read_log(spec, backend.user_host, index, limit, timeout=LOG_READ_TIMEOUT_S)
+    finally:
+        _log_reads.release()
     if found is None:
         raise NotFound(f"task {index} has no log (yet)")
     return found
