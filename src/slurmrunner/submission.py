@@ -68,9 +68,11 @@ class Submission:
     def user(self) -> str:
         raise NotImplementedError
 
-    def start(self) -> None:
-        """Create the run folder as the user and submit every job not yet submitted."""
-        self._make_run_folder()
+    def start(self, *, taken_over: bool = False) -> None:
+        """Create the run folder as the user and submit every job not yet submitted.
+        `taken_over`: the folder may be there already, made by a process that died in its
+        own `start` (see resume)."""
+        self._make_run_folder(taken_over)
         self._submit_missing()
         self.store.set_run_state(self.id, "running")
         self._flush_counters()
@@ -84,10 +86,7 @@ class Submission:
         if self.store.run(self.id).state != "submitting":
             self._submit_missing()
             return
-        self._make_run_folder(taken_over=True)
-        self._submit_missing()
-        self.store.set_run_state(self.id, "running")
-        self._flush_counters()
+        self.start(taken_over=True)
 
     def _make_run_folder(self, taken_over: bool = False) -> None:
         base = self.spec.profile.resolved_project_dir()

@@ -50,11 +50,10 @@ def read_log(
     path = log_path(spec, index)
     if spec.profile.backend == "local":
         return _read_local(path, limit)
+    # Without a limit, the host's own bound on a command's output applies (its head).
+    tail = {} if limit is None else {"max_output": limit, "keep_tail": True}
     try:
-        if limit is None:
-            got = user_host.run(["cat", path], timeout=timeout)
-        else:
-            got = user_host.run(["cat", path], timeout=timeout, max_output=limit, keep_tail=True)
+        got = user_host.run(["cat", path], timeout=timeout, **tail)
     except HostError as exc:
         raise LogUnreadable(f"cannot read {path}: {exc}") from None
     if not got.ok:

@@ -202,6 +202,6 @@ def task_log(store: Store, row: RunRow, index: int, limit: int) -> LogTail:
 
 
 def cancel_run(store: Store, watching: ServiceWatcher, user: User, row: RunRow) -> int:
-    n = watching.cancel(run_object(store, row))
+    n = watching.cancel(row.id, lambda: run_object(store, row))
     log.info("run %s cancel: user=%s jobs=%d", row.id, user.email, n)
     return n

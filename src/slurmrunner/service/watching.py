@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Literal
 
 from ..pacing import PollPolicy
@@ -72,13 +73,13 @@ class ServiceWatcher:
         """Watch a run just stored: submitted from the next cycle."""
         self.watcher.add(run, start=True)
 
-    def cancel(self, run: Run) -> int:
+    def cancel(self, run_id: str, make_run: Callable[[], Run]) -> int:
         """Cancel a run, watched here or not (a run that had already finished keeps its
-        state). The watcher's own Run object is used when it has one: its lock orders the
-        cancel after the step under way."""
-        if any(r.id == run.id for r in self.watcher.runs()):
-            return self.watcher.cancel(run.id)
-        return run.cancel()
+        state). The watcher's own Run object is used when it has one (its lock orders the
+        cancel after the step under way); `make_run` builds one only when it has not."""
+        if any(r.id == run_id for r in self.watcher.runs()):
+            return self.watcher.cancel(run_id)
+        return make_run().cancel()
 
     def stop(self) -> None:
         """Stop the loop (runs keep running on the cluster); cancel local jobs if asked."""

@@ -150,7 +150,7 @@ def run_page(
     causes = dict(store.cause_counts(row.id))
     page = store.results_page(row.id, None, after, TASKS_PAGE)
     jobs = store.jobs(row.id)
-    sample, stride = views.sample_results(request.app.state.engine, row.id, row.n_tasks)
+    sample, stride = store.results_sample(row.id, row.n_tasks, views.SAMPLE_SIZE)
     by_job = views.durations_by_job(sample, [(j.first_task, j.n_tasks) for j in jobs])
     lanes = [(j.job_id or f"#{j.idx}", j.state) for j in jobs]
     mem = views.requested_mem_mb(row)

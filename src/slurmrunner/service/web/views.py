@@ -2,13 +2,13 @@
 and the template environment itself.
 
 Nothing here reads a whole run's results: lists are pages by index (store.results_page),
-counts come from the kept counters, and the charts use a bounded sample (sample_results).
+counts come from the kept counters, and the charts use a bounded sample
+(Store.results_sample).
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import re
 import time
@@ -20,10 +20,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ... import store_schema as schema
 from ...results import TaskResult
 from ...runspec import RunSpec
 from ...store import RunRow, Store
@@ -167,20 +166,6 @@ def failure_groups(store: Store, run_id: str, causes: dict[str, int]) -> list[Ca
         if len(group.examples) < EXAMPLES_PER_CAUSE:
             group.examples.append(r)
     return sorted(groups.values(), key=lambda g: (-g.n, g.cause))
-
-
-def sample_results(engine: Engine, run_id: str, n_tasks: int) -> tuple[list[TaskResult], int]:
-    """Up to SAMPLE_SIZE finished tasks, every k-th index (k: the stride, returned too), so a
-    20,000-task run's charts cost one bounded query. (A query of the service's own, on the
-    run tables; it belongs beside store_queries' when another part needs it.)"""
-    stride = max(1, math.ceil(n_tasks / SAMPLE_SIZE))
-    c = schema.tasks.c
-    query = select(c.result).where(c.run_id == run_id, c.result.is_not(None))
-    if stride > 1:
-        query = query.where(c.idx % stride == 0)
-    with engine.connect() as conn:
-        rows = conn.execute(query.order_by(c.idx).limit(SAMPLE_SIZE)).scalars()
-        return [TaskResult.from_dict(json.loads(r)) for r in rows], stride
 
 
 def requested_mem_mb(row: RunRow) -> float | None:
