@@ -111,6 +111,9 @@ def create_run(store: Store, watching: ServiceWatcher, user: User, body: RunCrea
             raise Invalid.one(("body",), str(exc), "config") from None
         except HostError as exc:  # the cluster did not answer the planning's sinfo
             raise ClusterUnavailable(f"the cluster did not answer: {exc}") from None
+    # Read before the watcher has it: the 201 is the run as created (`submitting`), not
+    # whatever step the watcher thread happened to reach meanwhile.
+    created = store.run(run.id)
     watching.add(run)
     log.info(
         "run %s created: user=%s tasks=%d jobs=%d resource=%s",
@@ -120,7 +123,7 @@ def create_run(store: Store, watching: ServiceWatcher, user: User, body: RunCrea
         run.spec.plan.num_jobs,
         resource.name,
     )
-    return store.run(run.id)
+    return created
 
 
 def run_read(store: Store, row: RunRow) -> RunRead:
