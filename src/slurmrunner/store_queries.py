@@ -66,6 +66,17 @@ class RunQueries:
             rows = conn.execute(query.order_by(c.idx).limit(size)).scalars()
             return [TaskResult.from_dict(json.loads(r)) for r in rows], stride
 
+    def status_counts_of(self, run_ids: list[str]) -> dict[str, Counter[str]]:
+        """Store.status_counts of many runs in one query (a list of runs)."""
+        c = schema.status_counts.c
+        query = select(c.run_id, c.status, c.n).where(c.run_id.in_(run_ids), c.n > 0)
+        found: dict[str, Counter[str]] = {run_id: Counter() for run_id in run_ids}
+        if run_ids:
+            with self._read() as conn:
+                for run_id, status, n in conn.execute(query):
+                    found[run_id][status] = n
+        return found
+
     def cause_counts(self, run_id: str) -> Counter[str]:
         """Tasks that did not end ok, by cause (out_of_memory, time_limit, exit_code, ...)."""
         c = _tasks.c

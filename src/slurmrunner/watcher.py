@@ -140,7 +140,7 @@ class Watcher(SharedReads):
     def step(self, read_all: bool = False) -> bool:
         """One cycle; whether it brought news. `read_all`: read every identity now, whatever
         its pace (a watcher of one run, paced by its caller)."""
-        started, cpu = self._clock(), time.process_time()
+        started, cpu = self._clock(), time.thread_time()  # this thread: not the API's
         self._calls, self._errors = Counter(), 0
         self._take_in(started)
         now = self._clock()
@@ -182,7 +182,7 @@ class Watcher(SharedReads):
             ended = e.ok and e.run.id in ids and e.run.all_ended
             if e.run._closed or (ended and not self._raise):
                 self._leave(e)
-        cycle = CycleStats(started, end - started, time.process_time() - cpu, len(stepped))
+        cycle = CycleStats(started, end - started, time.thread_time() - cpu, len(stepped))
         cycle.calls, cycle.errors = self._calls, self._errors
         self.stats.record(cycle)
         return any(e.news for e in stepped)

@@ -84,9 +84,10 @@ def make_engine(url: str | URL | None = None) -> Engine:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # Sessions cross threads (the thread pool); each is used by one thread at a time.
         kwargs["connect_args"] = {"check_same_thread": False}
-    else:
-        # A restarted PostgreSQL leaves dead connections in the pool: test each before use.
-        kwargs["pool_pre_ping"] = True
+    # No pool_pre_ping: it costs a round trip on every checkout, as much as the query itself.
+    # A restarted PostgreSQL is found by the first statement that fails on a dead connection:
+    # SQLAlchemy then drops every pooled connection at once, so one request (503) or one
+    # watcher step (retried) pays for it, not every request.
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:

@@ -2,7 +2,8 @@
 
 current_user               any active user with a valid token (else 401)
 current_superuser          ... who is a superuser (else 403)
-current_user_with_profile  ... who has a Profile (else 403): every run route uses it
+current_caller             ... who has a Profile (else 403), as plain values: every run route
+current_user_with_profile  the same as ORM objects, Profile and Resource loaded: POST /runs
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from .auth import Refusal, authenticate
+from .auth import Caller, Refusal, authenticate, caller
 from .models import User
 
 NO_PROFILE = "no Profile linked to your account; ask an admin"
@@ -79,5 +80,21 @@ def current_user_with_profile(request: Request, credentials: Credentials) -> Use
     return user
 
 
+def current_caller(request: Request, credentials: Credentials) -> Caller:
+    """Who asks a run route, checked by one query on a connection of its own (returned to the
+    pool before the handler runs, see current_user_with_profile): the run routes but POST
+    need no more than the caller's id and whether they are a superuser."""
+    if credentials is None:
+        raise _unauthorized("not authenticated: send 'Authorization: Bearer <token>'", None)
+    with request.app.state.store.read_engine.connect() as conn:
+        found = caller(conn, credentials.credentials)
+    if isinstance(found, Refusal):
+        raise _unauthorized(found.value, "invalid_token")
+    if found.profile_id is None:
+        raise HTTPException(403, NO_PROFILE)
+    return found
+
+
 CurrentSuperuser = Annotated[User, Depends(current_superuser)]
 UserWithProfile = Annotated[User, Depends(current_user_with_profile)]
+CurrentCaller = Annotated[Caller, Depends(current_caller)]

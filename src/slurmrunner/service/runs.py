@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import nullcontext
 
@@ -23,6 +24,7 @@ from ..runspec import RunSpec
 from ..store import RunRow, Store
 from ..store_queries import StatusFilter
 from ..tasklogs import LogTail, read_log
+from .auth import Caller
 from .checks import core_profile
 from .errors import ClusterUnavailable, Conflict, Invalid, NotFound, ServiceBusy
 from .models import User
@@ -49,11 +51,18 @@ def _admission_lock(user_id: int) -> threading.Lock:
         return _admission.setdefault(user_id, threading.Lock())
 
 
-def owned_run(store: Store, user: User, run_id: str) -> RunRow:
+def owned_run(store: Store, user: Caller | User, run_id: str) -> RunRow:
     """The run if `user` may see it; 404 otherwise, whether it exists or not. Like the CLI,
     `run_id` may be `last` or a unique prefix, among the user's own runs (a superuser's:
     among all)."""
     scope = None if user.is_superuser else user.id
+    try:  # a whole id, as clients send it: one query
+        row = store.run(run_id)
+    except RunNotFoundError:
+        pass
+    else:
+        if scope is None or row.user_id == scope:
+            return row
     try:
         found = store.resolve_run_id(run_id, user_id=scope)
     except RunNotFoundError as exc:
@@ -126,9 +135,16 @@ def create_run(store: Store, watching: ServiceWatcher, user: User, body: RunCrea
     return created
 
 
-def run_read(store: Store, row: RunRow) -> RunRead:
-    counts = store.status_counts(row.id)
-    spec = RunSpec.from_dict(row.spec)
+def run_reads(store: Store, rows: list[RunRow]) -> list[RunRead]:
+    """Many runs at once (a list): their counts in one query."""
+    counts = store.status_counts_of([row.id for row in rows])
+    return [run_read(store, row, counts.get(row.id, Counter())) for row in rows]
+
+
+def run_read(store: Store, row: RunRow, counts: Counter[str] | None = None) -> RunRead:
+    if counts is None:
+        counts = store.status_counts(row.id)
+    spec = stored_spec(row)
     return RunRead(
         id=row.id,
         state=row.state,
@@ -144,6 +160,27 @@ def run_read(store: Store, row: RunRow) -> RunRead:
         call=spec.call,
         message=row.message,
     )
+
+
+# A run's spec never changes once stored: parsed once per process, not on every GET (the
+# pydantic models of a spec cost ~0.3 ms). Bounded; an entry is a few KB.
+_SPECS_KEPT = 1024
+_specs: OrderedDict[str, RunSpec] = OrderedDict()
+_specs_lock = threading.Lock()
+
+
+def stored_spec(row: RunRow) -> RunSpec:
+    with _specs_lock:
+        spec = _specs.get(row.id)
+        if spec is not None:
+            _specs.move_to_end(row.id)
+            return spec
+    spec = RunSpec.from_dict(row.spec)
+    with _specs_lock:
+        _specs[row.id] = spec
+        while len(_specs) > _SPECS_KEPT:
+            _specs.popitem(last=False)
+    return spec
 
 
 def run_detail(store: Store, row: RunRow) -> RunDetail:
@@ -189,7 +226,7 @@ def task_log(store: Store, row: RunRow, index: int, limit: int) -> LogTail:
         raise NotFound(f"run {row.id} has tasks 0 to {row.n_tasks - 1}, not {index}")
     # The run's backend as its stored policy allows, without a Run (which would read every
     # finished index of a 100,000-task run for one log).
-    spec = RunSpec.from_dict(row.spec)
+    spec = stored_spec(row)
     backend = backend_for(spec.profile, spec.local_queue, spec.config.impersonation)
     # A log is the user's file: a FIFO or /dev/urandom there makes `cat` last its whole
     # timeout. Few at once and short, so log reads never take the API's worker threads.
@@ -204,7 +241,7 @@ def task_log(store: Store, row: RunRow, index: int, limit: int) -> LogTail:
     return found
 
 
-def cancel_run(store: Store, watching: ServiceWatcher, user: User, row: RunRow) -> int:
+def cancel_run(store: Store, watching: ServiceWatcher, user: Caller | User, row: RunRow) -> int:
     n = watching.cancel(row.id, lambda: run_object(store, row))
     log.info("run %s cancel: user=%s jobs=%d", row.id, user.email, n)
     return n

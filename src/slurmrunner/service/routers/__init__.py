@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..deps import current_superuser, current_user_with_profile
+from ..deps import current_caller, current_superuser
 from . import admin_profiles, admin_resources, admin_users, health, me, runs
 
 
@@ -19,7 +19,7 @@ def api_v1() -> APIRouter:
     api = APIRouter(prefix="/api/v1")
     api.include_router(me.router)
     api.include_router(admin)
-    api.include_router(runs.router, dependencies=[Depends(current_user_with_profile)])
+    api.include_router(runs.router, dependencies=[Depends(current_caller)])
     return api
 
 

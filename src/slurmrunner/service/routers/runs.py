@@ -10,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ...store import Store
 from ...tasklogs import LogUnreadable
-from ..deps import UserWithProfile
+from ..deps import CurrentCaller, UserWithProfile
 from ..errors import ServiceError
 from ..runs import (
     cancel_run,
@@ -19,6 +19,7 @@ from ..runs import (
     result_pages,
     run_detail,
     run_read,
+    run_reads,
     task_log,
 )
 from ..schemas.common import MAX_ID
@@ -63,7 +64,7 @@ def post_run(body: RunCreate, user: UserWithProfile, request: Request) -> RunRea
 
 @router.get("", response_model=list[RunRead])
 def list_runs(
-    user: UserWithProfile,
+    user: CurrentCaller,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     state: RunState | None = None,
@@ -72,12 +73,11 @@ def list_runs(
     """Your runs, newest first."""
     store = _store(request)
     user_id = None if all_users and user.is_superuser else user.id
-    rows = store.runs(limit=limit, user_id=user_id, state=state)
-    return [run_read(store, row) for row in rows]
+    return run_reads(store, store.runs(limit=limit, user_id=user_id, state=state))
 
 
 @router.get("/{run_id}", response_model=RunDetail)
-def get_run(run_id: RunId, user: UserWithProfile, request: Request) -> RunDetail:
+def get_run(run_id: RunId, user: CurrentCaller, request: Request) -> RunDetail:
     """The run: counts by status and by cause, its jobs, its calls to the cluster."""
     store = _store(request)
     return run_detail(store, owned_run(store, user, run_id))
@@ -90,7 +90,7 @@ def get_run(run_id: RunId, user: UserWithProfile, request: Request) -> RunDetail
 )
 def get_results(
     run_id: RunId,
-    user: UserWithProfile,
+    user: CurrentCaller,
     request: Request,
     status: ResultsStatus | None = None,
     after: Annotated[int, Query(ge=-1, le=MAX_ID, description="the last index seen")] = -1,
@@ -120,7 +120,7 @@ def get_results(
 def get_task_log(
     run_id: RunId,
     index: Annotated[int, "the task's index (0: the first input)"],
-    user: UserWithProfile,
+    user: CurrentCaller,
     request: Request,
     tail_bytes: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = DEFAULT_LOG_BYTES,
 ) -> Response:
@@ -139,7 +139,7 @@ def get_task_log(
 
 
 @router.post("/{run_id}/cancel", response_model=Cancelled)
-def post_cancel(run_id: RunId, user: UserWithProfile, request: Request) -> Cancelled:
+def post_cancel(run_id: RunId, user: CurrentCaller, request: Request) -> Cancelled:
     """Cancel the run's unfinished jobs (scancel as its user); a finished run keeps its state."""
     store = _store(request)
     row = owned_run(store, user, run_id)
