@@ -61,6 +61,19 @@ def test_the_workers_lines_are_read_as_written():
     assert isinstance(rec, TaskRecord) and rec.error and rec.error.cause == "interrupted"
 
 
+def test_a_records_end_time_is_optional_and_checked():
+    # Lines of older workers have no t_end; a newer one's is a finite time >= 0.
+    old = parse_line(line(**record()), 1, TASKS)
+    assert isinstance(old, TaskRecord) and old.t_end is None
+    new = parse_line(line(**record(t_end=1700000000.25)), 1, TASKS)
+    assert isinstance(new, TaskRecord) and new.t_end == 1700000000.25
+    for bad in (-1, "1700000000", True, None):
+        parsed = parse_line(line(**record(t_end=bad)), 1, TASKS)
+        assert isinstance(parsed, Bad if bad is not None else TaskRecord), bad
+    huge = line(**record()).replace('"duration_s"', '"t_end":1e999,"duration_s"')
+    assert isinstance(parse_line(huge, 1, TASKS), Bad)
+
+
 BAD_LINES = {
     "no status": line(**{k: v for k, v in record().items() if k != "status"}),
     "error as a string": line(**{**failed(), "error": "boom"}),
@@ -158,14 +171,15 @@ json_values = st.recursive(
     max_leaves=20,
 )
 records = st.builds(
-    lambda i, result, d, rss, code: record(
-        i=i, result=result, duration_s=d, max_rss_mb=rss, exit_code=code
+    lambda i, result, d, rss, code, t_end: record(
+        i=i, result=result, duration_s=d, max_rss_mb=rss, exit_code=code, t_end=t_end
     ),
     st.sampled_from(list(TASKS)),
     json_values,
     finite,
     finite,
     st.integers(0, 255),
+    st.none() | finite,
 )
 
 

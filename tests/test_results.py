@@ -20,6 +20,12 @@ def test_ok_record_is_the_only_success():
     r = from_record(rec(result={"a": 1}), "12", None, "/run/logs/7.log")
     assert (r.status, r.result, r.job_id, r.max_rss_mb) == ("ok", {"a": 1}, "12", 12.0)
     assert r.log == "/run/logs/7.log"  # the server's path, not the record's "l"
+    assert r.t_end is None  # an older worker's record
+    timed = from_record(rec(t_end=1000.5), "12", None, "/l")
+    assert timed.t_end == 1000.5 and TaskResult.from_dict(timed.to_dict()) == timed
+    # results stored before t_end existed read as they were
+    old = {k: v for k, v in timed.to_dict().items() if k != "t_end"}
+    assert TaskResult.from_dict(old).t_end is None
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,8 @@ def test_record_fields(tmp_path, task, launcher):
     assert rec["i"] == 0 and rec["job"] == 0
     assert rec["status"] == "ok" and rec["exit_code"] == 0 and rec["signal"] is None
     assert 0.3 <= rec["duration_s"] < 10
+    # its end time: the timeline draws it from t_end - duration_s to t_end
+    assert lines[0]["t"] + rec["duration_s"] <= rec["t_end"] + 0.01 <= lines[-1]["t"] + 0.02
     assert rec["max_rss_mb"] >= 60  # the task's own peak, not the worker's
     assert "error" not in rec
     log = Path(rec["log"]).read_text()

@@ -14,11 +14,14 @@ The worker's lines (worker.py writes them; keep both in step):
     {"event": "start", "job": K, "attempt": A, "t": T, "host": H, "slurm_job_id": ID,
      "n_tasks": N}
     {"i": I, "job": K, "attempt": A, "status": "ok", "exit_code": 0, "signal": null,
-     "duration_s": D, "max_rss_mb": M, "log": PATH, "result": ANY}  (or "status": "failed" /
-     "interrupted" with "error": {"cause": C, "message": S, "log_tail": S})
+     "duration_s": D, "max_rss_mb": M, "t_end": T, "log": PATH, "result": ANY}  (or "status":
+     "failed" / "interrupted" with "error": {"cause": C, "message": S, "log_tail": S})
     {"event": "next", "job": K, "chunk": C + 1, "records": N_IN_CHUNK_C}
     {"event": "end", "job": K, "chunk": C, "records": N_IN_CHUNK_C, "tasks": N_IN_ALL_CHUNKS,
      "t": T, "interrupted": "SIGTERM"}                              ("interrupted" if it was)
+
+`t_end` (unix time the task ended, on the node's clock) is optional: workers before it wrote
+none, and old records stay valid. The task started at `t_end - duration_s`.
 
 `attempt` is SLURM_RESTART_COUNT (0 unless the job was requeued): a requeued job appends its
 next attempt's lines to the same chunks, after the interrupted records of the earlier one.
@@ -95,6 +98,7 @@ class TaskRecord(_Line):
     signal: Annotated[int, Field(ge=1, le=255)] | None = None
     duration_s: Seconds | None = None
     max_rss_mb: Seconds | None = None
+    t_end: Seconds | None = None  # when it ended (unix time); absent from older workers' lines
     log: Text | None = None  # the worker's view; the server derives the path itself
     result: Any = None
     error: RecordError | None = None

@@ -64,6 +64,9 @@ class TaskResult:
     max_rss_mb: float | None = None
     job_id: str | None = None
     log: str | None = None
+    # When the task ended (unix time, the node's clock; None for results of older workers):
+    # it started at t_end - duration_s. Drawn on the run's timeline; never trusted beyond that.
+    t_end: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -122,6 +125,7 @@ def from_record(
     common = {
         "duration_s": record.duration_s,
         "max_rss_mb": record.max_rss_mb,
+        "t_end": record.t_end,
         "job_id": job_id,
         "log": log,
     }

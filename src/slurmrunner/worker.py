@@ -494,6 +494,7 @@ class Worker(object):
 
     def finish(self, task, started, ran, exit_code, sig, rusage, cause=None, message=None):
         i = task["i"]
+        ended = time.time()
         record = {
             "i": i,
             "job": self.job,
@@ -501,8 +502,10 @@ class Worker(object):
             "status": "ok",
             "exit_code": exit_code,
             "signal": sig,
-            "duration_s": round(time.time() - started, 3),
+            "duration_s": round(ended - started, 3),
             "max_rss_mb": round(rusage.ru_maxrss / 1024.0, 1) if rusage else None,
+            # the run's timeline draws the task from t_end - duration_s to t_end
+            "t_end": round(ended, 3),
             "log": os.path.join(self.run_dir, "logs", "%d.log" % i),
         }
         if cause is None and sig is not None:

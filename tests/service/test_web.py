@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from slurmrunner.service.app import create_app
-from slurmrunner.service.web import pages
+from slurmrunner.service.web import run_pages
 from slurmrunner.service.web.session import LOGIN_COOKIE, SESSION_COOKIE
 from tests.service import test_runs
 from tests.service.conftest import TestClient
@@ -151,7 +151,7 @@ def test_runs_and_run_pages_show_progress_failures_tasks_and_logs(
     fragment = client.get("/web/runs/fragment")
     assert fragment.status_code == 200 and rid in fragment.text and "<html" not in fragment.text
 
-    monkeypatch.setattr(pages, "TASKS_PAGE", 2)  # four tasks: two pages
+    monkeypatch.setattr(run_pages, "TASKS_PAGE", 2)  # four tasks: two pages
     page = client.get(f"/web/runs/{rid}")
     assert page.status_code == 200
     text = page.text
@@ -161,11 +161,11 @@ def test_runs_and_run_pages_show_progress_failures_tasks_and_logs(
     assert "Task 1 — exit code 3" in text
     assert "task -1" in text  # the log tail
     assert f'href="/web/runs/{rid}/tasks/1/log"' in text
-    assert "?after=1#tasks" in text and "Cancel this run" not in text
+    assert "?page=1#tasks" in text and "Cancel this run" not in text
     assert "<svg" in text and "Task durations" in text and "Peak memory" in text
     rows = re.findall(r'/tasks/(\d+)/log">\1</a>', text)
     assert rows == ["0", "1"]
-    second = client.get(f"/web/runs/{rid}", params={"after": 1}).text
+    second = client.get(f"/web/runs/{rid}", params={"page": 1}).text
     assert re.findall(r'/tasks/(\d+)/log">\1</a>', second) == ["2", "3"]
     progress = client.get(f"/web/runs/{rid}/fragment").text
     assert "3 ok, 1 failed" in progress and "data-refresh" not in progress  # ended: no polling

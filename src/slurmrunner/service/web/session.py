@@ -50,6 +50,15 @@ class CsrfRefused(Exception):
     """A POST without its form's CSRF token: answered 403."""
 
 
+class PageNotFound(Exception):
+    """A run, task, user, Resource or Profile the user may not see or that does not exist:
+    the 404 page, never the API's JSON."""
+
+
+class PageForbidden(Exception):
+    """An admin page asked for by a user who is not a superuser: the 403 page."""
+
+
 def load_secret(folder: Path) -> bytes:
     """The web secret, made on first use; refused if others may read it."""
     path = folder / SECRET_FILE
@@ -161,3 +170,12 @@ def cookie_flags(request: Request) -> dict[str, object]:
         "secure": request.url.scheme == "https",
         "path": "/web",
     }
+
+
+def current_admin(request: Request) -> WebSession:
+    """The signed-in superuser (dependency of every admin page), else PageForbidden; checked
+    on every request, so a demoted admin loses the pages at once."""
+    session = current_session(request)
+    if not session.user.is_superuser:
+        raise PageForbidden("This page is for administrators only.")
+    return session

@@ -24,10 +24,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ...results import TaskResult
-from ...runspec import RunSpec
 from ...store import RunRow, Store
 from ..models import Resource, User
-from ..runs import run_read
+from ..runs import run_read, stored_spec
 from . import charts
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -171,7 +170,7 @@ def failure_groups(store: Store, run_id: str, causes: dict[str, int]) -> list[Ca
 def requested_mem_mb(row: RunRow) -> float | None:
     """Memory requested per task: the job's memory over the tasks it runs at once."""
     try:
-        plan = RunSpec.from_dict(row.spec).plan
+        plan = stored_spec(row).plan
     except Exception:  # an old or odd spec: the chart goes without its marker
         return None
     if not plan.mem_per_job_mb:

@@ -1,0 +1,274 @@
+"""A run's pages: the run (counts, failures by cause, the tasks table, the jobs and the first
+job's script, histograms), its live progress fragment, a task's log, a job's script, the
+timeline, and the cancel form.
+
+Every read is bounded: counts come from kept counters, the table is one page from the store
+(queries.task_page), the charts a sample (Store.results_sample), the timeline's spans one
+aggregate (queries.job_spans) on a page of its own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from typing import Annotated, Literal
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from ...store import JobRow, RunRow, Store
+from ...tasklogs import LogUnreadable
+from ..errors import NotFound
+from ..runs import cancel_run, owned_run, run_read, task_log
+from ..schemas.common import MAX_ID
+from . import charts, queries, scripts, timeline, views
+from .forms import read_form
+from .session import PageNotFound, WebSession, check_csrf, current_session
+
+router = APIRouter(prefix="/web/runs", include_in_schema=False)
+Signed = Annotated[WebSession, Depends(current_session)]
+TASKS_PAGE = 100
+LOG_BYTES = 64 << 10
+#: Failed tasks read for the timeline besides the sample: the ones people look for.
+TIMELINE_FAILURES = 50
+MAX_PAGE = MAX_ID // 1000
+
+
+def _owned(request: Request, session: WebSession, run_id: str) -> RunRow:
+    try:
+        return owned_run(views.store_of(request), session.user, run_id)
+    except NotFound as exc:
+        raise PageNotFound(str(exc)) from None
+
+
+def _job_of(jobs: list[JobRow], index: int) -> JobRow | None:
+    k = bisect.bisect_right([j.first_task for j in jobs], index) - 1
+    return jobs[k] if k >= 0 else None
+
+
+def _unfinished_status(job: JobRow | None) -> str:
+    """What a task without a result is doing, from its job's last known state."""
+    return "running" if job is not None and job.state == "RUNNING" else "pending"
+
+
+def _table(
+    store: Store, row: RunRow, jobs: list[JobRow], counts: dict[str, int], params: dict[str, str]
+) -> dict[str, object]:
+    sort, order, show = params["sort"], params["order"], params["show"] or None
+    page = int(params["page"])
+    found = queries.task_page(
+        store,
+        row.id,
+        sort,
+        order == "desc",
+        page * TASKS_PAGE,
+        TASKS_PAGE,
+        show,  # type: ignore[arg-type]
+    )
+    lines = []
+    for t in found:
+        job = _job_of(jobs, t.index)
+        r = t.result
+        lines.append(
+            {
+                "index": t.index,
+                "status": r.status if r else _unfinished_status(job),
+                "cause": r.error.cause if r and r.error else "",
+                "duration_s": r.duration_s if r else None,
+                "max_rss_mb": r.max_rss_mb if r else None,
+                "job": (r.job_id if r else None) or (job.job_id if job else None) or "",
+                "finished": r is not None,
+            }
+        )
+    finished = sum(counts.values())
+    total = {None: row.n_tasks, "unfinished": max(row.n_tasks - finished, 0)}.get(
+        show, counts.get(show or "", 0)
+    )
+    pages = max(-(-total // TASKS_PAGE), 1)
+
+    def url(**changes: object) -> str:
+        query = {**params, **{k: str(v) for k, v in changes.items()}}
+        kept = {k: v for k, v in query.items() if v and (k, v) not in DEFAULTS}
+        return f"/web/runs/{row.id}" + (f"?{urlencode(kept)}" if kept else "") + "#tasks"
+
+    return {
+        "lines": lines,
+        "sort": sort,
+        "order": order,
+        "show": show,
+        "page": page,
+        "pages": pages,
+        "total": total,
+        "url": url,
+    }
+
+
+DEFAULTS = {("sort", "index"), ("order", "asc"), ("page", "0")}
+
+
+@router.get("/{run_id}", response_class=HTMLResponse)
+def run_page(
+    request: Request,
+    session: Signed,
+    run_id: str,
+    sort: queries.Sort = "index",
+    order: Literal["asc", "desc"] = "asc",
+    show: queries.Shown | Literal[""] = "",
+    page: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 0,
+) -> HTMLResponse:
+    store = views.store_of(request)
+    row = _owned(request, session, run_id)
+    read = run_read(store, row)
+    causes = dict(store.cause_counts(row.id))
+    jobs = store.jobs(row.id)
+    params = {"sort": sort, "order": order, "show": show, "page": str(page)}
+    sample, stride = store.results_sample(row.id, row.n_tasks, views.SAMPLE_SIZE)
+    mem = views.requested_mem_mb(row)
+    peaks = [r.max_rss_mb for r in sample if r.max_rss_mb is not None]
+    script = None
+    script_error = None
+    if jobs:
+        try:
+            script = scripts.job_script(store, row, jobs[0])
+        except ValueError as exc:
+            script_error = str(exc)
+    return views.render(
+        request,
+        "run.html",
+        session=session,
+        run=read,
+        final=row.state in views.FINAL_STATES,
+        bar=charts.progress(read.counts, row.n_tasks),
+        groups=views.failure_groups(store, row.id, causes),
+        end_of=views.end_of,
+        table=_table(store, row, jobs, read.counts, params),
+        sorts=queries.SORTS,
+        shows=queries.SHOWN,
+        jobs=jobs,
+        script=script,
+        script_error=script_error,
+        durations=charts.histogram(r.duration_s for r in sample),  # type: ignore[misc]
+        memory=charts.histogram(peaks, marker=mem),
+        requested_mem=mem,
+        over_request=sum(1 for p in peaks if mem and p > mem),
+        sampled=len(sample),
+        stride=stride,
+        width=charts.WIDTH,
+        height=charts.HEIGHT,
+    )
+
+
+@router.get("/{run_id}/fragment", response_class=HTMLResponse)
+def run_fragment(request: Request, session: Signed, run_id: str) -> HTMLResponse:
+    """The run's progress bar and counts alone (the live part of its page)."""
+    store = views.store_of(request)
+    row = _owned(request, session, run_id)
+    read = run_read(store, row)
+    return views.render(
+        request,
+        "_run_progress.html",
+        run=read,
+        final=row.state in views.FINAL_STATES,
+        bar=charts.progress(read.counts, row.n_tasks),
+        live=True,  # fetched by live.js: an ended run's fragment offers the final page
+    )
+
+
+@router.get("/{run_id}/timeline", response_class=HTMLResponse)
+def timeline_page(request: Request, session: Signed, run_id: str) -> HTMLResponse:
+    store = views.store_of(request)
+    row = _owned(request, session, run_id)
+    final = row.state in views.FINAL_STATES
+    now = time.time()
+    jobs = store.jobs(row.id)
+    spans = {s.job_id: s for s in queries.job_spans(store, row.id, row.created, now)}
+    sample, stride = store.results_sample(row.id, row.n_tasks, views.SAMPLE_SIZE)
+    failures = store.results_page(row.id, "not_ok", -1, TIMELINE_FAILURES)
+    lo, hi = row.created - queries.CLOCK_MARGIN_S, now + queries.CLOCK_MARGIN_S
+    timed = {
+        r.index: timeline.TimedTask(r.index, r.t_end - r.duration_s, r.t_end, r.status)
+        for r in [*sample, *failures]
+        if r.t_end is not None and r.duration_s is not None and lo <= r.t_end - r.duration_s
+        and r.t_end <= hi
+    }  # fmt: skip
+    lines = []
+    for j in jobs:
+        span = spans.get(j.job_id or "")
+        running = j.state == "RUNNING" and not final
+        lines.append(
+            timeline.JobLine(
+                j.job_id or f"#{j.idx}", j.state, j.first_task,
+                (span.start, span.end) if span else None, running,
+            )
+        )  # fmt: skip
+    start = min([row.created, *(s.start for s in spans.values())])
+    ends = [s.end for s in spans.values()] + [t.end for t in timed.values()]
+    end = now if not final else max(ends, default=start + 1)
+    picture = timeline.picture(lines, list(timed.values()), start, end, views.span)
+    by_job = views.durations_by_job(sample, [(j.first_task, j.n_tasks) for j in jobs])
+    return views.render(
+        request,
+        "timeline.html",
+        session=session,
+        run=row,
+        jobs=jobs,
+        spans=spans,
+        picture=picture if spans or timed else None,
+        durations=None if spans or timed else charts.timeline(
+            [(j.job_id or f"#{j.idx}", j.state) for j in jobs], by_job
+        ),
+        sampled=len(sample),
+        stride=stride,
+        width=timeline.WIDTH,
+        label_w=timeline.LABEL_W,
+        lane_h=timeline.LANE_H,
+        axis_h=timeline.AXIS_H,
+    )  # fmt: skip
+
+
+@router.get("/{run_id}/jobs/{k}/script", response_class=HTMLResponse)
+def script_page(request: Request, session: Signed, run_id: str, k: int) -> HTMLResponse:
+    store = views.store_of(request)
+    row = _owned(request, session, run_id)
+    job = next((j for j in store.jobs(row.id) if j.idx == k), None)
+    if job is None:
+        raise PageNotFound(f"run {row.id} has no job {k}")
+    try:
+        script, error = scripts.job_script(store, row, job), None
+    except ValueError as exc:
+        script, error = None, str(exc)
+    return views.render(
+        request, "script.html", session=session, run=row, job=job, script=script, error=error
+    )
+
+
+@router.get("/{run_id}/tasks/{index}/log", response_class=HTMLResponse)
+def log_page(request: Request, session: Signed, run_id: str, index: int) -> HTMLResponse:
+    store = views.store_of(request)
+    row = _owned(request, session, run_id)
+    result = store.result(row.id, index) if 0 <= index <= MAX_ID else None
+    try:
+        found = task_log(store, row, index if 0 <= index <= MAX_ID else -1, LOG_BYTES)
+    except NotFound as exc:
+        raise PageNotFound(str(exc)) from None
+    except LogUnreadable as exc:
+        return views.render(
+            request, "log.html", 502, session=session, run=row, index=index,
+            result=result, log=None, error=str(exc), end_of=views.end_of,
+        )  # fmt: skip
+    text = found.data.decode("utf-8", "replace")
+    return views.render(
+        request, "log.html", session=session, run=row, index=index, result=result,
+        log=text, size=found.size, shown=len(found.data), path=found.path, error=None,
+        end_of=views.end_of,
+    )  # fmt: skip
+
+
+@router.post("/{run_id}/cancel")
+async def cancel(request: Request, session: Signed, run_id: str) -> Response:
+    check_csrf(session.csrf, (await read_form(request)).get("csrf"))
+    store = views.store_of(request)
+    row = _owned(request, session, run_id)
+    cancel_run(store, request.app.state.watching, session.user, row)
+    return RedirectResponse(f"/web/runs/{row.id}", status_code=303)
