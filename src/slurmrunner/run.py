@@ -37,7 +37,7 @@ from .results import TaskResult, cancelled
 from .runspec import RunSpec
 from .script import job_name
 from .settling import JOB_OUTPUT_TAIL, Settling
-from .store import JobRow, Store, new_claim
+from .store import Store, new_claim
 from .submission import Submission
 from .watcher import Watcher
 
@@ -190,12 +190,11 @@ class Run(Reading, Settling, Submission, Asking):
         """The cluster account the run's jobs run as (for logs)."""
         return self.spec.profile.username or "local"
 
-    def _rows(self) -> list[JobRow]:
-        """The jobs a cycle watches (submitted, not closed); jobs waiting for room in the
-        user's queue are submitted first when their time has come."""
+    def _submit_due(self) -> None:
+        """Jobs waiting for room in the user's queue are submitted when their time has come
+        (the watcher's cycle, before it reads the run's jobs: Store.live_jobs_of)."""
         if self._retry_submit_at is not None and time.monotonic() >= self._retry_submit_at:
             self._submit_missing()
-        return [r for r in self.store.jobs(self.id) if not r.done and r.job_id]
 
     def _save(self, results: Iterable[TaskResult]) -> None:
         fresh = [r for r in results if r.index not in self._finished]

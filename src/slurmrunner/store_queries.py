@@ -17,8 +17,9 @@ from sqlalchemy import Connection, func, select
 
 from . import store_schema as schema
 from .results import TaskResult
+from .store_rows import JOB_COLUMNS, JobRow, job_row
 
-_runs, _tasks = schema.runs, schema.tasks
+_runs, _tasks, _jobs = schema.runs, schema.tasks, schema.jobs
 # Which results a page holds: one status, or every task that did not end ok.
 StatusFilter = Literal["ok", "failed", "cancelled", "not_ok"] | None
 
@@ -65,6 +66,20 @@ class RunQueries:
         with self._read() as conn:
             rows = conn.execute(query.order_by(c.idx).limit(size)).scalars()
             return [TaskResult.from_dict(json.loads(r)) for r in rows], stride
+
+    def live_jobs_of(self, run_ids: list[str]) -> dict[str, list[JobRow]]:
+        """The submitted, unfinished jobs of many runs in one query (the watcher's cycle:
+        one read for every run it steps, not one per run)."""
+        c = _jobs.c
+        query = select(c.run_id, *c[JOB_COLUMNS]).where(
+            c.run_id.in_(run_ids), c.done == 0, c.job_id.is_not(None)
+        )
+        found: dict[str, list[JobRow]] = {run_id: [] for run_id in run_ids}
+        if run_ids:
+            with self._read() as conn:
+                for r in conn.execute(query.order_by(c.run_id, c.idx)):
+                    found[r[0]].append(job_row(r[1:]))
+        return found
 
     def status_counts_of(self, run_ids: list[str]) -> dict[str, Counter[str]]:
         """Store.status_counts of many runs in one query (a list of runs)."""

@@ -149,6 +149,7 @@ class Watcher(SharedReads):
         for e in stepped:
             e.ok, e.news, e.rows = True, False, []
             self._guard(e, self._prepare, e)
+        self._job_rows([e for e in stepped if e.ok])
         live = [e for e in stepped if e.ok and e.rows]
         asked = []
         for key, group in _by(live, lambda e: e.keys.scheduler).items():
@@ -305,9 +306,11 @@ class Watcher(SharedReads):
 
     # the phases of a cycle
     def _prepare(self, e: Entry) -> None:
+        """Start or resume the run if it is its first step; its job rows are read after."""
         run = e.run
         submit = run.backend.scheduler.call_names.get("submit", "submit")
         before = run.calls[submit]
+        e.submitted = None
         if e.start:
             e.start = e.resume = False
             try:
@@ -322,14 +325,26 @@ class Watcher(SharedReads):
                     run._finish("failed", why)  # the cancel failed: the state still says why
                     raise
                 raise
-            e.rows = run._rows()
-            self._count("submit", e.keys.scheduler, len(e.rows))
-            return
+            return  # its jobs, read next, count as its submissions
         if e.resume:
             e.resume = False
             run.resume()  # a run whose start never ended gets its folder first
-        e.rows = run._rows()
-        self._count("submit", e.keys.scheduler, run.calls[submit] - before)
+        run._submit_due()  # jobs that waited for room in the user's queue
+        e.submitted = run.calls[submit] - before
+
+    def _job_rows(self, entries: list[Entry]) -> None:
+        """The submitted, unfinished jobs of every run stepped, one query per store (not one
+        per run: the cycle's largest cost on PostgreSQL with many runs watched)."""
+        for group in _by(entries, lambda e: str(id(e.run.store))).values():
+            try:
+                found = group[0].run.store.live_jobs_of([e.run.id for e in group])
+            except Exception as exc:
+                self._fail_all(group, exc)
+                continue
+            for e in group:
+                e.rows = found.get(e.run.id, [])
+                n = len(e.rows) if e.submitted is None else e.submitted
+                self._count("submit", e.keys.scheduler, n)
 
     def _poll(self, sched: _Scheduler, group: list[Entry]) -> None:
         """One poll for the jobs of every run of the scheduler; each run takes its answer."""

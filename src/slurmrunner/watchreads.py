@@ -77,6 +77,7 @@ class Entry:
     errors: int = 0  # failed steps in a row
     retry_at: float = float("-inf")
     flushed_at: float = float("-inf")  # when its call counters were last saved
+    submitted: int | None = None  # jobs it submitted in this cycle (None: all it has, started)
 
 
 @dataclass
