@@ -30,8 +30,13 @@ class LogUnreadable(SlurmRunnerError):
 @dataclass(frozen=True)
 class LogTail:
     path: str
-    data: bytes  # the log's last bytes (all of it when `size == len(data)`)
+    data: bytes  # the log's bytes asked for (all of it when `size == len(data)`)
     size: int  # the whole log's size in bytes
+    offset: int = 0  # where `data` starts in the log
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
 
 
 def log_path(spec: RunSpec, index: int) -> str:
@@ -44,16 +49,27 @@ def read_log(
     index: int,
     limit: int | None,
     timeout: float = CAT_TIMEOUT_S,
+    *,
+    skip_last: int = 0,
+    from_start: bool = False,
 ) -> LogTail | None:
-    """The last `limit` bytes of task `index`'s log (all of it when None); None: no log yet.
-    `user_host`: the run's backend's host of its user; `timeout`: of the `cat`."""
+    """The last `limit` bytes of task `index`'s log (all of it when None), but for its last
+    `skip_last` bytes (an earlier page); or with `from_start` its first `limit` bytes. None: no
+    log yet. `user_host`: the run's backend's host of its user; `timeout`: of the `cat`.
+
+    Memory is bounded by what is asked: `limit + skip_last` bytes of the end are kept as the
+    log streams in, or `limit` of its start."""
     path = log_path(spec, index)
     if spec.profile.backend == "local":
-        return _read_local(path, limit)
-    # Without a limit, the host's own bound on a command's output applies (its head).
-    tail = {} if limit is None else {"max_output": limit, "keep_tail": True}
+        return _read_local(path, limit, skip_last, from_start)
+    if limit is None:  # the host's own bound on a command's output applies (its head)
+        bound: dict[str, int | bool] = {}
+    elif from_start:
+        bound = {"max_output": limit}
+    else:
+        bound = {"max_output": limit + skip_last, "keep_tail": True}
     try:
-        got = user_host.run(["cat", path], timeout=timeout, **tail)
+        got = user_host.run(["cat", path], timeout=timeout, **bound)  # type: ignore[arg-type]
     except HostError as exc:
         raise LogUnreadable(f"cannot read {path}: {exc}") from None
     if not got.ok:
@@ -61,10 +77,16 @@ def read_log(
             return None
         raise LogUnreadable(f"cannot read {path}: {got.stderr.strip()[:500]}")
     data = got.stdout.encode()
-    return LogTail(path, data, len(data) + got.stdout_dropped)
+    size = len(data) + got.stdout_dropped
+    if from_start or limit is None:
+        return LogTail(path, data, size)
+    kept = data[: max(0, len(data) - skip_last)][-limit:]
+    return LogTail(path, kept, size, max(0, size - skip_last - len(kept)))
 
 
-def _read_local(path: str, limit: int | None) -> LogTail | None:
+def _read_local(
+    path: str, limit: int | None, skip_last: int = 0, from_start: bool = False
+) -> LogTail | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -76,8 +98,16 @@ def _read_local(path: str, limit: int | None) -> LogTail | None:
             raise LogUnreadable(f"cannot read {path}: not a regular file")
         try:
             size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - limit) if limit is not None else 0)
-            data = fh.read(limit) if limit is not None else fh.read()
+            if limit is None:
+                start, n = 0, size
+            elif from_start:
+                start, n = 0, limit
+            else:
+                end = max(0, size - skip_last)
+                start = max(0, end - limit)
+                n = end - start
+            fh.seek(start)
+            data = fh.read(n)
         except OSError as exc:
             raise LogUnreadable(f"cannot read {path}: {exc.strerror}") from None
-    return LogTail(path, data, size)
+    return LogTail(path, data, size, start)

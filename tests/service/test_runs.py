@@ -287,3 +287,46 @@ def test_log_reads_are_bounded(client, with_profile):
         for _ in taken:
             ops._log_reads.release()
     assert client.get(f"/api/v1/runs/{run['id']}/tasks/0/log", headers=alice).status_code == 200
+
+
+# A task whose log is 330,000 bytes of numbered lines.
+LONG_LOG = [
+    sys.executable,
+    "-c",
+    "import sys; sys.stdout.write(''.join('line %06d\\n' % i for i in range(30000)))",
+]
+
+
+def test_a_log_read_a_page_at_a_time(client, with_profile):
+    alice = with_profile("alice")
+    body = {"command": LONG_LOG, "inputs": [{}], "call": "stdin"}
+    run = client.post("/api/v1/runs", json=body, headers=alice).json()
+    assert wait_done(client, run["id"], alice)["state"] == "done"
+    whole = "".join(f"line {i:06d}\n" for i in range(30000)).encode()
+    k64 = 64 << 10
+    url = f"/api/v1/runs/{run['id']}/tasks/0/log"
+
+    def page(**params: Any) -> tuple[bytes, int]:
+        got = client.get(url, params=params, headers=alice)
+        assert got.status_code == 200, got.text
+        assert int(got.headers["X-Log-Size"]) == len(whole)
+        return got.content, int(got.headers["X-Log-Offset"])
+
+    assert page() == (whole[-k64:], len(whole) - k64)
+    assert page(skip_bytes=k64) == (whole[-2 * k64 : -k64], len(whole) - 2 * k64)
+    assert page(from_start=True, tail_bytes=1000) == (whole[:1000], 0)
+    too_far = client.get(url, params={"skip_bytes": 1 << 20}, headers=alice)
+    assert [(d["loc"], d["type"]) for d in too_far.json()["detail"]] == [
+        (["query", "skip_bytes"], "limit")
+    ]
+    # The web page pages the same log: its end first, then earlier, and its start.
+    from tests.service.test_web import sign_in
+
+    sign_in(client, alice)
+    web = f"/web/runs/{run['id']}/tasks/0/log"
+    last = client.get(web).text
+    assert "line 029999" in last and 'id="log-earlier"' in last and 'id="log-later"' not in last
+    earlier = client.get(web, params={"page": 1}).text
+    assert "line 029999" not in earlier and 'id="log-later"' in earlier
+    assert "line 000000" in client.get(web, params={"start": "true"}).text
+    assert client.get(web, params={"page": 99}).status_code in (404, 422)

@@ -221,7 +221,15 @@ def _json_line(data: object) -> str:
     return json.dumps(data) + "\n"
 
 
-def task_log(store: Store, row: RunRow, index: int, limit: int) -> LogTail:
+def task_log(
+    store: Store,
+    row: RunRow,
+    index: int,
+    limit: int,
+    skip_last: int = 0,
+    from_start: bool = False,
+) -> LogTail:
+    """A page of a task's log (see tasklogs.read_log): its end, an earlier page, its start."""
     if not 0 <= index < row.n_tasks:
         raise NotFound(f"run {row.id} has tasks 0 to {row.n_tasks - 1}, not {index}")
     # The run's backend as its stored policy allows, without a Run (which would read every
@@ -233,7 +241,15 @@ def task_log(store: Store, row: RunRow, index: int, limit: int) -> LogTail:
     if not _log_reads.acquire(blocking=False):
         raise ServiceBusy("too many log reads at once; try again")
     try:
-        found = read_log(spec, backend.user_host, index, limit, timeout=LOG_READ_TIMEOUT_S)
+        found = read_log(
+            spec,
+            backend.user_host,
+            index,
+            limit,
+            timeout=LOG_READ_TIMEOUT_S,
+            skip_last=skip_last,
+            from_start=from_start,
+        )
     finally:
         _log_reads.release()
     if found is None:

@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from ...store import Store
 from ...tasklogs import LogUnreadable
 from ..deps import CurrentCaller, UserWithProfile
-from ..errors import ServiceError
+from ..errors import Invalid, ServiceError
 from ..runs import (
     cancel_run,
     create_run,
@@ -123,18 +123,36 @@ def get_task_log(
     user: CurrentCaller,
     request: Request,
     tail_bytes: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = DEFAULT_LOG_BYTES,
+    skip_bytes: Annotated[
+        int,
+        Query(ge=0, le=MAX_LOG_BYTES, description="leave out the log's last bytes: a page back"),
+    ] = 0,
+    from_start: Annotated[bool, Query(description="the log's first `tail_bytes`")] = False,
 ) -> Response:
-    """The last `tail_bytes` of a task's log (standard output and error); the whole log's size
-    is in `X-Log-Size`, its path in `X-Log-Path`."""
+    """The last `tail_bytes` of a task's log (standard output and error), or of what is
+    before its last `skip_bytes` (`tail_bytes + skip_bytes` ≤ 1 MiB), or with `from_start`
+    its first `tail_bytes`. The whole log's size is in `X-Log-Size`, where the bytes sent
+    start in `X-Log-Offset`, its path in `X-Log-Path`."""
+    if tail_bytes + skip_bytes > MAX_LOG_BYTES:
+        raise Invalid.one(
+            ("query", "skip_bytes"),
+            f"tail_bytes + skip_bytes is at most {MAX_LOG_BYTES} (1 MiB from the log's end); "
+            "use from_start for the log's beginning",
+            "limit",
+        )
     store = _store(request)
     row = owned_run(store, user, run_id)
     if not 0 <= index <= MAX_ID:
         index = -1  # reported as out of range below
     try:
-        found = task_log(store, row, index, tail_bytes)
+        found = task_log(store, row, index, tail_bytes, skip_bytes, from_start)
     except LogUnreadable as exc:
         raise LogNotReadable(str(exc)) from None
-    headers = {"X-Log-Size": str(found.size), "X-Log-Path": found.path}
+    headers = {
+        "X-Log-Size": str(found.size),
+        "X-Log-Offset": str(found.offset),
+        "X-Log-Path": found.path,
+    }
     return Response(found.data, media_type="text/plain; charset=utf-8", headers=headers)
 
 

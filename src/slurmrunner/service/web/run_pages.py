@@ -22,6 +22,7 @@ from ...tasklogs import LogUnreadable
 from ..errors import NotFound
 from ..runs import cancel_run, owned_run, run_read, task_log
 from ..schemas.common import MAX_ID
+from ..schemas.runs import MAX_LOG_BYTES
 from . import charts, queries, scripts, timeline, views
 from .forms import read_form
 from .session import PageNotFound, WebSession, check_csrf, current_session
@@ -30,6 +31,8 @@ router = APIRouter(prefix="/web/runs", include_in_schema=False)
 Signed = Annotated[WebSession, Depends(current_session)]
 TASKS_PAGE = 100
 LOG_BYTES = 64 << 10
+# Pages back from a log's end: as far as one read may hold (the API's MAX_LOG_BYTES).
+LOG_PAGES = MAX_LOG_BYTES // LOG_BYTES
 #: Failed tasks read for the timeline besides the sample: the ones people look for.
 TIMELINE_FAILURES = 50
 MAX_PAGE = MAX_ID // 1000
@@ -244,12 +247,24 @@ def script_page(request: Request, session: Signed, run_id: str, k: int) -> HTMLR
 
 
 @router.get("/{run_id}/tasks/{index}/log", response_class=HTMLResponse)
-def log_page(request: Request, session: Signed, run_id: str, index: int) -> HTMLResponse:
+def log_page(
+    request: Request,
+    session: Signed,
+    run_id: str,
+    index: int,
+    page: Annotated[int, Query(ge=0, lt=LOG_PAGES)] = 0,
+    start: bool = False,
+) -> HTMLResponse:
+    """A page of the log: `page` 0 is its end, 1 the 64 KiB before, ... up to 1 MiB from the
+    end (what a log read may hold); `start`: its first 64 KiB, however large it is."""
     store = views.store_of(request)
     row = _owned(request, session, run_id)
     result = store.result(row.id, index) if 0 <= index <= MAX_ID else None
+    skip = 0 if start else page * LOG_BYTES
     try:
-        found = task_log(store, row, index if 0 <= index <= MAX_ID else -1, LOG_BYTES)
+        found = task_log(
+            store, row, index if 0 <= index <= MAX_ID else -1, LOG_BYTES, skip, from_start=start
+        )
     except NotFound as exc:
         raise PageNotFound(str(exc)) from None
     except LogUnreadable as exc:
@@ -261,7 +276,9 @@ def log_page(request: Request, session: Signed, run_id: str, index: int) -> HTML
     return views.render(
         request, "log.html", session=session, run=row, index=index, result=result,
         log=text, size=found.size, shown=len(found.data), path=found.path, error=None,
-        end_of=views.end_of,
+        end_of=views.end_of, offset=found.offset, page=page, start=start,
+        earlier=None if start or found.offset == 0 or page + 1 >= LOG_PAGES else page + 1,
+        later=None if start or page == 0 else page - 1,
     )  # fmt: skip
 
 
