@@ -335,11 +335,17 @@ def test_the_partition_time_limit_keeps_jobs_apart():
         1000, PartitionShape((node(2),), max_time_minutes=200), slurm={**ONE_TASK, "time": "1"}
     )
     assert p.num_jobs == 3 and p.time_per_job_minutes <= 200
-    # a plan already over the limit is left as the limits made it
-    p = fitted(
-        1000, PartitionShape((node(2),), max_time_minutes=60), slurm={**ONE_TASK, "time": "10"}
-    )
-    assert p.num_jobs == 4 and p.fitted_from is None
+    # a plan that cannot fit within max_num_jobs is refused, naming the numbers
+    with pytest.raises(BatchingError) as exc:
+        fitted(
+            1000,
+            PartitionShape((node(2),), max_time_minutes=60),
+            slurm={**ONE_TASK, "time": "10"},
+        )
+    msg = str(exc.value)
+    for part in ("1000 tasks", "time=00:10:00", "01:00:00", "2 at once", "6 one after another"):
+        assert part in msg
+    assert "84 jobs are needed" in msg and "max_num_jobs=50" in msg
 
 
 def test_the_admin_can_turn_the_fitting_off():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -330,22 +332,30 @@ def test_script_exports_reach_the_task(tmp_path):
     }
 
 
+def random_text(n):
+    """Text that compression cannot shrink (the script then carries it plain)."""
+    return base64.b64encode(os.urandom(n * 3 // 4 + 3)).decode()[:n]
+
+
 def test_script_over_max_script_bytes_refused(tmp_path):
+    # With tasks_per_job given, the plan is the user's: a script over the limit is refused
+    # (without it, the plan splits the jobs itself: tests/test_plans.py).
     cfg = {**CONFIG, "max_script_bytes": 64 * 1024}
+    two = {"tasks_per_job": 2}
     runner = make_runner(config=cfg, project_dir=tmp_path / "proj")
     # 2 inputs per job; the worker itself takes part of the 64 KB.
-    room = 64 * 1024 - len(runner.render(["true"], [{"blob": ""}] * 8)[0].encode())
-    inputs = [{"blob": "x" * (room // 2 - 100)} for _ in range(8)]  # just fits
-    for k, script in enumerate(runner.render(["true"], inputs)):
+    room = 64 * 1024 - len(runner.render(["true"], [{"blob": ""}] * 8, two)[0].encode())
+    inputs = [{"blob": random_text(room // 2 - 100)} for _ in range(8)]  # just fits
+    for k, script in enumerate(runner.render(["true"], inputs, two)):
         check_script_size(script, runner.config.max_script_bytes, k)
-    inputs = [{"blob": "x" * (room // 2 + 100)} for _ in range(8)]  # just over
-    script = runner.render(["true"], inputs)[0]
+    inputs = [{"blob": random_text(room // 2 + 100)} for _ in range(8)]  # just over
     with pytest.raises(ConfigError) as info:
-        check_script_size(script, runner.config.max_script_bytes, 0)
+        runner.render(["true"], inputs, two)
     assert "max_script_bytes=65536" in str(info.value)
+    assert "tasks_per_job" in str(info.value)
     # submit refuses before anything is created or submitted
     with pytest.raises(ConfigError, match="max_script_bytes"):
-        runner.submit(["true"], inputs)
+        runner.submit(["true"], inputs, two)
     assert not (tmp_path / "proj").exists()
 
 

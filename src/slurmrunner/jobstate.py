@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from .batching import PartitionShape
 
@@ -32,6 +33,65 @@ class JobState:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+#: Pending reasons that waiting never clears (SLURM's job_reason_codes): the job asks for more
+#: than a per-job limit allows, or for what the cluster does not offer. Only an admin changing
+#: the cluster could start it, so the run fails at once, saying why, instead of waiting for ever.
+#: (On a cluster with EnforcePartLimits, sbatch refuses most of these at submission.)
+NEVER_CLEARS = {
+    "PartitionTimeLimit": "the job's time limit is over its partition's MaxTime",
+    "QOSMaxWallDurationPerJobLimit": "the job's time limit is over its QOS's MaxWall",
+    "AssocMaxWallDurationPerJobLimit": "the job's time limit is over its association's MaxWall",
+    "BadConstraints": "the job's constraints can never be satisfied",
+    "InvalidAccount": "the job's account is invalid",
+    "InvalidQOS": "the job's QOS is invalid",
+    "AccountNotAllowed": "the job's account may not use the partition",
+    "QOSNotAllowed": "the job's QOS may not use the partition",
+    "DependencyNeverSatisfied": "the job's dependency can never be satisfied",
+    "MaxMemPerLimit": "the job's memory is over MaxMemPerCPU/MaxMemPerNode",
+}
+#: QOSMax*/AssocMax* limits per job or per node, and QOS minimums: the job's own request is
+#: out of bounds (not so the aggregate Grp* limits, nor per-user or per-account counts, which
+#: clear as other jobs end).
+_NEVER_CLEARS_RE = re.compile(r"^(?:(?:QOS|Assoc)Max\w*Per(?:Job|Node)\w*|QOSMin\w+)$")
+#: Pending reasons that may well never clear but can (a node down or drained, a partition
+#: down, a hold, a node limit that also means "required nodes are DOWN or DRAINED"): the run
+#: keeps waiting and says so once. ReqNodeNotAvail is also shown for a while by a busy
+#: controller's backfill for nodes that are fine (reframe-hpc/reframe#1049): never a failure.
+MAY_NOT_CLEAR = {
+    "ReqNodeNotAvail": "a node the job requires is not available (down, drained or reserved)",
+    "Nodes required for job are DOWN": "a node the job requires is down, drained or reserved",
+    "PartitionNodeLimit": "the job's node count is outside its partition's limits, or the "
+    "nodes it needs are down or drained",
+    "PartitionDown": "its partition is down",
+    "PartitionInactive": "its partition is inactive",
+    "PartitionConfig": "the partition configuration it requests is not available now",
+    "NodeDown": "a node the job requires is down",
+    "JobHeldAdmin": "an administrator holds it (scontrol release)",
+    "JobHeldUser": "it is held (scontrol release)",
+    "launch failed requeued held": "its launch failed and it is held (scontrol release)",
+}
+
+
+def pending_verdict(state: JobState) -> tuple[Literal["fail", "warn"], str] | None:
+    """For a PENDING job, whether its reason means it will never start ("fail", why), may
+    never start ("warn", why), or is an ordinary wait (None: Priority, Resources, Grp*, ...).
+    squeue's reason may carry details after a comma ("ReqNodeNotAvail, UnavailableNodes:n1")."""
+    if state.state != "PENDING" or not state.reason:
+        return None
+    reason = state.reason.strip().strip("()")
+    key = reason.split(",", 1)[0].strip()
+    if key in NEVER_CLEARS:
+        return "fail", NEVER_CLEARS[key]
+    if _NEVER_CLEARS_RE.match(key):
+        if key.startswith("QOSMin"):
+            return "fail", "the job's request is under a minimum of its QOS"
+        return "fail", "the job's request is over a per-job limit of its QOS or association"
+    for prefix, why in MAY_NOT_CLEAR.items():
+        if key.startswith(prefix):
+            return "warn", why
+    return None
 
 
 #: A job the scheduler no longer knows (polled successfully, absent from the answer).

@@ -173,7 +173,7 @@ class Run(Reading, Settling, Submission, Asking):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {self.id} not finished after {timeout}s")
             time.sleep(watcher.pause())
-        if self.store.run(self.id).state != "cancelled":
+        if self.store.run(self.id).state not in ("cancelled", "failed"):
             self._finish("done")
 
     def _finish(self, state: str, message: str | None = None) -> None:

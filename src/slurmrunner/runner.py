@@ -23,7 +23,7 @@ from .profiles import Profile
 from .results import TaskResult
 from .run import Progress, Run, RunStatus
 from .runspec import CALL_FORMS, RunSpec, new_run_id, worker_source
-from .script import JobSpec, check_script_size, render_script
+from .script import JobSpec, render_script
 from .store import Store
 
 __all__ = ["CALL_FORMS", "Run", "RunStatus", "Runner", "new_run_id", "worker_source"]
@@ -82,13 +82,22 @@ class Runner:
         call: str = "fractal",
         workdir: str | None = None,
         run_id: str = "RUNID",
+        ask_partition: bool = False,
     ) -> list[JobSpec]:
+        """The jobs `submit` would make, planned and checked the same way (time limit, script
+        size); nothing is created. `ask_partition`: plan with the partition's shape and time
+        limit as `submit` does (one sinfo on a cluster); without it the plan knows neither."""
         task_resources = _as_resources(resources)
         spec = RunSpec.new(
             self.config, self.profile, command, task_resources, call, workdir, run_id
         )
         check_run(self.config, self.profile, task_resources)
-        return spec.jobs(list(enumerate(inputs)))
+        if ask_partition:
+            spec, _ = self._fit_to_partition(
+                spec, backend_for(self.profile, policy=self.config.impersonation)
+            )
+        tasks = list(enumerate(inputs))
+        return spec.fit_scripts(tasks).jobs(tasks)
 
     def render(self, *args: Any, **kwargs: Any) -> list[str]:
         return [render_script(job, worker_source()) for job in self.plan(*args, **kwargs)]
@@ -136,16 +145,10 @@ class Runner:
             queue = getattr(backend.scheduler, "queue", None)
             spec = replace(spec, local_queue=str(queue.path) if queue else None)
         connections_before = backend.connections_opened()
-        fitted, asked = self._fit_to_partition(spec, backend)
-        try:
-            spec = fitted
-            self._check_sizes(spec.jobs(tasks))
-        except ConfigError:
-            if fitted.partition is None:
-                raise
-            # Fewer, bigger jobs made a script too large: keep the plain plan instead.
-            spec = replace(fitted, partition=None)
-            self._check_sizes(spec.jobs(tasks))
+        spec, asked = self._fit_to_partition(spec, backend)
+        # The plan within the partition's time limit and max_script_bytes (more jobs when a
+        # script would be too large), or a refusal naming the numbers: before anything exists.
+        spec = spec.fit_scripts(tasks)
         user_id, resource_id, profile_id = owner or (None, None, None)
         self.store.create_run(
             run_id,
@@ -176,13 +179,6 @@ class Runner:
             with _shapes_lock:
                 _shapes[key] = (time.monotonic(), shape)
         return replace(spec, partition=shape), "shape" in backend.scheduler.call_names
-
-    def _check_sizes(self, jobs: list[JobSpec]) -> None:
-        """Refuse an oversize job before anything is created."""
-        for job in jobs:
-            check_script_size(
-                render_script(job, worker_source()), self.config.max_script_bytes, job.job_index
-            )
 
     def run(
         self,

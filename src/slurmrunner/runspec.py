@@ -3,23 +3,28 @@ in any process (stored with the run). Pure apart from reading the worker's sourc
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
 from .batching import BatchPlan, PartitionShape, plan_batches
 from .config import SlurmRunnerConfig, TaskResources, merge_resources
-from .errors import ConfigError
+from .errors import BatchingError, ConfigError
 from .profiles import Profile
 from .quoting import cluster_path, local_path
-from .script import JobSpec
+from .script import JobSpec, check_script_size, render_script
 
 CALL_FORMS = ("fractal", "stdin")
+#: Rounds of RunSpec.fit_scripts (each adds jobs in proportion to how far a script is over).
+FIT_ROUNDS = 12
+#: Room kept under max_script_bytes when adding jobs (job sizes differ by their inputs).
+FIT_MARGIN = 0.97
 
 
 @cache
@@ -72,6 +77,9 @@ class RunSpec:
     # The local backend's queue file the jobs went to: a process that reattaches looks there,
     # whatever its own environment says.
     local_queue: str | None = None
+    # At least this many jobs (batching rule 5): set by fit_scripts when a job's script would
+    # be too large, stored so that any process rebuilds the same jobs.
+    min_jobs: int = 1
 
     @classmethod
     def new(
@@ -112,7 +120,58 @@ class RunSpec:
 
     def _plan_for(self, n_tasks: int) -> BatchPlan:
         res = merge_resources(self.config, self.resources)
-        return plan_batches(n_tasks, res, self.config.batching_config, self.partition)
+        return plan_batches(
+            n_tasks, res, self.config.batching_config, self.partition, self.min_jobs
+        )
+
+    def fit_scripts(self, tasks: list[tuple[int, Any]]) -> RunSpec:
+        """This spec for `tasks`, with as many jobs as keep every job's script within
+        max_script_bytes (up to max_num_jobs): every script is rendered and measured, so a run
+        that passes is one whose jobs all fit, the partition's time limit included (the plan
+        checks it). BatchingError or ConfigError, with the numbers, before anything exists."""
+        spec = replace(self, n_tasks=len(tasks))
+        limit = self.config.max_script_bytes
+        limits = self.config.batching_config
+        explicit = merge_resources(self.config, self.resources).tasks_per_job is not None
+        source = worker_source()
+        for _ in range(FIT_ROUNDS):
+            plan = spec.plan
+            over = None
+            for job in spec.jobs(tasks):
+                size = len(render_script(job, source).encode())
+                if size > limit:
+                    over = (job, size)
+                    break
+            if over is None:
+                return spec
+            job, size = over
+            if explicit:
+                check_script_size(render_script(job, source), limit, job.job_index)
+            if len(job.tasks) == 1:
+                raise ConfigError(
+                    f"inputs[{job.tasks[0][0]}] alone makes a job script of {size} bytes, over "
+                    f"max_script_bytes={limit} (SLURM's default limit is 4 MB): give smaller "
+                    "arguments"
+                )
+            bare = len(render_script(replace(job, tasks=()), source).encode())
+            room = max(limit * FIT_MARGIN - bare, 1.0)
+            need = math.ceil(plan.num_jobs * (size - bare) / room)
+            need = min(max(need, plan.num_jobs + 1), spec.n_tasks)
+            if need > limits.max_num_jobs:
+                if plan.num_jobs >= limits.max_num_jobs:
+                    raise BatchingError(
+                        f"{spec.n_tasks} tasks in {plan.num_jobs} jobs make scripts over "
+                        f"max_script_bytes={limit} (job {job.job_index}: {size} bytes for "
+                        f"{len(job.tasks)} inputs); about {need} jobs would be needed, over "
+                        f"batching_config.max_num_jobs={limits.max_num_jobs}: raise "
+                        "max_num_jobs or max_script_bytes, or give smaller arguments"
+                    )
+                need = limits.max_num_jobs  # the last try: as many jobs as allowed
+            spec = replace(spec, min_jobs=need)
+        raise BatchingError(
+            f"no plan of at most {limits.max_num_jobs} jobs keeps every script of these "
+            f"{spec.n_tasks} tasks within max_script_bytes={limit}"
+        )
 
     def exports(self) -> dict[str, str]:
         base = self.profile.cache_base()
@@ -155,6 +214,7 @@ class RunSpec:
             "n_tasks": self.n_tasks,
             "partition": self.partition.to_dict() if self.partition else None,
             "local_queue": self.local_queue,
+            "min_jobs": self.min_jobs,
         }
 
     @classmethod
@@ -171,4 +231,5 @@ class RunSpec:
             d["n_tasks"],
             PartitionShape.from_dict(d["partition"]) if d.get("partition") else None,
             d.get("local_queue"),
+            int(d.get("min_jobs") or 1),
         )

@@ -4,7 +4,8 @@ Layout: shebang; the #SBATCH lines the runner manages; the config's `extra_lines
 in order (except that directive lines among them go before the first shell command: sbatch reads
 no directive after one, and merged layers would otherwise lose a later layer's directives);
 `umask 077`; the user's exports; then the worker and its payload (the job's task list) as a
-here-document fed to python, so the script alone carries everything the job needs.
+here-document fed to python, so the script alone carries everything the job needs. The payload
+is one line defining `_PAYLOAD` (payload.py: plain when small, compressed when large).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .batching import BatchPlan
 from .config import JobResources
 from .directives import directive_kind
 from .errors import ConfigError
+from .payload import payload_line
 from .quoting import directive_value, shell_word
 from .units import format_time_minutes
 
@@ -128,7 +130,7 @@ def render_script(job: JobSpec, worker_source: str) -> str:
     for name, path in job.exports.items():
         lines.append(f"export {name}={shell_word(path)}")
     lines.append(f"exec {shell_word(job.python)} - <<'{_HEREDOC_END}'")
-    body = f"_PAYLOAD = {payload!r}\n{worker_source.rstrip()}\n"
+    body = f"{payload_line(payload)}\n{worker_source.rstrip()}\n"
     if any(line.strip() == _HEREDOC_END for line in body.splitlines()):
         raise ConfigError("the worker payload contains the here-document end marker")
     return "\n".join(lines) + "\n" + body + _HEREDOC_END + "\n"
@@ -139,6 +141,6 @@ def check_script_size(script: str, limit: int, job_index: int) -> None:
     if size > limit:
         raise ConfigError(
             f"job {job_index}'s script is {size} bytes, over max_script_bytes={limit} "
-            "(SLURM's default limit is 4 MB): give fewer inputs per job (resources.tasks_per_job) "
-            "or smaller arguments"
+            "(SLURM's default limit is 4 MB): give fewer inputs per job (resources.tasks_per_job, "
+            "or none: the plan then splits the jobs itself) or smaller arguments"
         )

@@ -5,6 +5,12 @@ Success comes only from the worker's record. A task with no record after its job
 the scheduler's word on why (OUT_OF_MEMORY, TIMEOUT, CANCELLED, ...) and the end of the job's
 own output; a record whose cause only the scheduler knows (a task killed by its signal, an
 interruption) is held until that word is in.
+
+A job that can never start is not waited for: when squeue says a job is PENDING for a reason
+that never clears (jobstate.NEVER_CLEARS: PartitionTimeLimit, QOSMaxWallDurationPerJobLimit,
+...), its tasks fail with that reason (cause `unschedulable`), the run's other jobs are
+cancelled and the run is failed, saying why. A reason that may not clear (ReqNodeNotAvail, a
+hold, a partition down) is a warning, said once, and the run waits on.
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from .chunks import JobWatch
 from .errors import HostError
-from .results import TaskResult, from_record, without_record
+from .jobstate import JobState, pending_verdict
+from .results import TaskError, TaskResult, from_record, without_record
 from .store import JobRow, Store
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 log = logging.getLogger("slurmrunner")
 
@@ -31,10 +41,13 @@ class Settling:
     id: str
     store: Store
     run_dir: str
+    calls: Any
     _finished: set[int]
     _retry_submit_at: float | None
+    _closed: bool
 
     if TYPE_CHECKING:  # defined by Run, Reading and Submission
+        backend: Backend
 
         @property
         def user(self) -> str: ...
@@ -46,6 +59,68 @@ class Settling:
         def _log_path(self, index: int) -> str: ...
 
         def _user(self, argv: list[str], check: bool = False, **kw: Any) -> Any: ...
+
+        def _warn_once(self, note: str) -> None: ...
+
+        def _finish(self, state: str, message: str | None = None) -> None: ...
+
+        def _flush_counters(self) -> None: ...
+
+        def fail(self, message: str) -> int: ...
+
+    # Jobs that can never start (Run's bases: Settling comes before Asking, whose squeue
+    # answer this takes first).
+    def _apply_squeue(
+        self, rows: list[JobRow], states: dict[str, JobState] | None, error: Exception | None
+    ) -> bool:
+        changed: bool = super()._apply_squeue(rows, states, error)  # type: ignore[misc]
+        if states:
+            changed |= self._check_pending(rows, states)
+        return changed
+
+    def _check_pending(self, rows: list[JobRow], states: dict[str, JobState]) -> bool:
+        """Warn of a pending reason that may never clear; fail the run on one that never
+        does (see the module's doc). Returns whether the run was failed."""
+        never: list[tuple[JobRow, str, str]] = []
+        for row in rows:
+            st = states.get(row.job_id or "")
+            verdict = pending_verdict(st) if st is not None else None
+            if verdict is None:
+                continue
+            kind, why = verdict
+            reason = st.reason.strip() if st is not None else ""
+            if kind == "fail":
+                never.append((row, reason, why))
+            else:
+                self._warn_once(
+                    f"job {row.idx} ({row.job_id}) is pending: {reason} ({why}); it may never start"
+                )
+        if not never:
+            return False
+        row, reason, why = never[0]
+        others = f" (and {len(never) - 1} more jobs)" if len(never) > 1 else ""
+        message = (
+            f"job {row.idx} ({row.job_id}){others} can never start: {reason} ({why}); "
+            "the run was failed and its jobs cancelled"
+        )
+        log.warning("run %s: user=%s %s", self.id, self.user, message)
+        self._warn_once(message)
+        ids = [r.job_id for r, _, _ in never if r.job_id]
+        self.calls[self.backend.scheduler.call_names["cancel"]] += 1
+        self.backend.scheduler.cancel(ids)
+        for r, why_reason, why_text in never:
+            self._save(
+                _unschedulable(i, r.job_id, why_reason, why_text)
+                for i in r.task_range
+                if i not in self._finished
+            )
+            self.store.update_job(self.id, r.idx, state="CANCELLED", reason=why_reason, done=1)
+        self.fail(message)  # cancels the other jobs; nothing to cancel when none is left
+        if not self._closed:
+            self._finish("failed", message)
+            self._closed = True
+            self._flush_counters()
+        return True
 
     def _settle_rows(self, rows: list[JobRow]) -> bool:
         news = False
@@ -112,3 +187,8 @@ class Settling:
         if getattr(result, "stdout_dropped", 0) and "\n" in text:
             text = text.split("\n", 1)[1]  # no half line at the top
         return text
+
+
+def _unschedulable(index: int, job_id: str | None, reason: str, why: str) -> TaskResult:
+    message = f"job {job_id} can never start: {reason} ({why})"
+    return TaskResult(index, "failed", error=TaskError("unschedulable", message), job_id=job_id)

@@ -102,6 +102,8 @@ def plan_line(run: Run) -> str:
     line = f"run {run.id}: {run.n_tasks} tasks in {jobs}, {plan.parallel_tasks_per_job} at a time"
     if plan.fitted_from:
         line += f" ({plan.fitted_from} planned, but only {plan.num_jobs} fit side by side)"
+    if plan.raised_for:
+        line += f" (more jobs to fit the {' and the '.join(plan.raised_for)})"
     return line
 
 

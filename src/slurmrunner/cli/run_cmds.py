@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -47,16 +47,29 @@ def render(
     resources: ResourcesOpt = None,
     call: CallOpt = "fractal",
     workdir: WorkdirOpt = None,
+    ask_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--ask-cluster",
+            help="plan with the partition's shape and time limit, as `run` does (one sinfo; "
+            "read-only)",
+        ),
+    ] = False,
 ) -> None:
-    """Print the job scripts the limits plan; nothing is submitted, the cluster is not asked.
+    """Print the job scripts the limits plan; nothing is submitted.
 
-    `run` may make fewer, bigger jobs when the partition cannot run these side by side
-    (batching_config.cap_jobs_to_partition); it says so when it does.
+    The plan and its checks are `run`'s: more jobs when a script would exceed
+    max_script_bytes (large payloads are compressed), and a refusal naming the numbers when
+    the tasks cannot fit. The cluster is not asked unless --ask-cluster: then the partition's
+    time limit is applied too, and `run`'s fewer, bigger jobs when the partition cannot run
+    these side by side (batching_config.cap_jobs_to_partition).
     """
     runner = make_runner(config, profile, Path(":memory:"))
     tasks = read_inputs(inputs)
     try:
-        scripts = runner.render(command, tasks, read_resources(resources), call, workdir)
+        scripts = runner.render(
+            command, tasks, read_resources(resources), call, workdir, ask_partition=ask_cluster
+        )
     except SlurmRunnerError as exc:
         fail(str(exc))
     for k, script in enumerate(scripts):
