@@ -224,3 +224,19 @@ def test_timeline_geometry_packs_parallel_tasks_and_clips_times():
     assert pic.ticks[0].x == 0.0 and len(pic.ticks) <= 12
     many = [timeline.JobLine(str(k), "COMPLETED", k, (0.0, 1.0), False) for k in range(500)]
     assert len(timeline.picture(many, [], 0.0, 1.0).lanes) == timeline.MAX_LANES
+
+
+def test_a_compressed_payload_is_shown_decoded(client, with_profile):
+    """Inputs over payload.COMPRESS_ABOVE travel compressed in the script; its page shows the
+    JSON they decode to, and says so."""
+    alice = with_profile("alice")
+    inputs = [{"x": i, "note": "abc " * 100} for i in range(60)]  # ~25 KB of JSON
+    body = {"command": ["true"], "inputs": inputs, "resources": {"tasks_per_job": 60}}
+    made = client.post("/api/v1/runs", json=body, headers=alice)
+    assert made.status_code == 201, made.text
+    rid = made.json()["id"]
+    wait_done(client, rid, alice)
+    sign_in(client, alice)
+    page = client.get(f"/web/runs/{rid}/jobs/0/script").text
+    assert "compressed (zlib, then base64): shown here decoded" in page
+    assert "abc abc abc" in page and "a2b_base64" not in page

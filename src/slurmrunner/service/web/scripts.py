@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ... import payload
 from ...runspec import worker_source
 from ...script import render_script
 from ...store import JobRow, RunRow, Store
@@ -36,6 +37,7 @@ class ScriptView:
     n_tasks: int
     worker_lines: int
     tail: str  # the here-document's end marker
+    compressed: bool = False  # sent zlib-compressed and base64-encoded (payload.py)
 
 
 def job_script(store: Store, row: RunRow, job: JobRow) -> ScriptView:
@@ -52,6 +54,9 @@ def job_script(store: Store, row: RunRow, job: JobRow) -> ScriptView:
     at = text.index("\n" + _PAYLOAD_LINE) + 1
     head, rest = text[:at], text[at:]
     payload_line, _, tail = rest.partition("\n")
+    compressed = payload.is_compressed(payload_line)
+    if compressed:  # shown as the JSON it decodes to: base64 tells a reader nothing
+        payload_line = _PAYLOAD_LINE + repr(payload.read_payload_line(payload_line))
     payload_end = len(payload_line)
     if n_read < job.n_tasks:
         # Rendered with the first tasks only: true up to the end of the last task read.
@@ -66,4 +71,5 @@ def job_script(store: Store, row: RunRow, job: JobRow) -> ScriptView:
         n_tasks=job.n_tasks,
         worker_lines=len(worker_source().splitlines()),
         tail=tail.strip(),
+        compressed=compressed,
     )
