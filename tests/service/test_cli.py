@@ -1,4 +1,6 @@
-"""`slurmrunner admin ...` and `slurmrunner serve`, each in its own process."""
+"""`slurmrunner admin ...` and `slurmrunner serve`: serve and one admin command of each test in
+a process of their own (exit codes, streams, no traceback); the other admin commands in this
+process (`cli`), as the same Typer app: a process costs seconds of imports each."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 
 from slurmrunner.service.app import create_app
 from tests.conftest import DOC_SNIPPET_1
-from tests.helpers_cli import flat, slurmrunner, start_slurmrunner
+from tests.helpers_cli import cli, flat, slurmrunner, start_slurmrunner
 from tests.service.conftest import TestClient, bearer
 
 
@@ -21,13 +23,18 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.delenv("SLURMRUNNER_DB", raising=False)
 
 
+def _code(result) -> int:
+    """A process's exit code, or the in-process CLI's."""
+    return result.returncode if hasattr(result, "returncode") else result.exit_code
+
+
 def _ok(result):
-    assert result.returncode == 0, result.stderr
+    assert _code(result) == 0, result.stderr
     return result
 
 
 def _refused(result, *words):
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert _code(result) == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in flat(result.stderr), result.stderr
@@ -37,7 +44,7 @@ def test_bootstrap_then_me(db_url, tmp_path):
     config = tmp_path / "cluster.json"
     config.write_text(json.dumps(DOC_SNIPPET_1))
     _ok(
-        slurmrunner(
+        cli(
             "admin",
             "create-resource",
             "hpc",
@@ -50,7 +57,7 @@ def test_bootstrap_then_me(db_url, tmp_path):
         )
     )
     _ok(
-        slurmrunner(
+        cli(
             "admin", "create-profile", "nob", "--resource", "hpc", "--username", "nobody",
             "--jobs-remote-dir", "/tmp/nobody", "--db", db_url,
         )
@@ -66,16 +73,14 @@ def test_bootstrap_then_me(db_url, tmp_path):
         assert me.status_code == 200, me.text
         assert me.json()["profile_name"] == "nob" and me.json()["resource_name"] == "hpc"
         assert client.get("/api/v1/admin/users", headers=bearer(token)).status_code == 403
-    second = _ok(
-        slurmrunner("admin", "issue-token", "alice@example.org", "--name", "two", "--db", db_url)
-    )
-    listed = _ok(slurmrunner("admin", "list-tokens", "alice@example.org", "--db", db_url)).stdout
+    second = _ok(cli("admin", "issue-token", "alice@example.org", "--name", "two", "--db", db_url))
+    listed = _ok(cli("admin", "list-tokens", "alice@example.org", "--db", db_url)).stdout
     assert "cli" in listed and "two" in listed and token not in listed
-    _ok(slurmrunner("admin", "revoke-token", "alice@example.org", token[:9], "--db", db_url))
+    _ok(cli("admin", "revoke-token", "alice@example.org", token[:9], "--db", db_url))
     with TestClient(create_app(db_url)) as client:
         assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
         assert client.get("/api/v1/me", headers=bearer(second.stdout.strip())).status_code == 200
-    _ok(slurmrunner("admin", "revoke-token", "alice@example.org", "--all", "--db", db_url))
+    _ok(cli("admin", "revoke-token", "alice@example.org", "--all", "--db", db_url))
     with TestClient(create_app(db_url)) as client:
         assert client.get("/api/v1/me", headers=bearer(second.stdout.strip())).status_code == 401
 
@@ -88,29 +93,27 @@ def test_admin_errors_are_messages(tmp_path):
         "admin", "create-resource", "r", "--type", "slurm_sudo", "--config", bad, "--db", db
     )
     _refused(result, "default_slurm_config.mem", "malformed memory", "did you mean 'partition'")
-    _ok(slurmrunner("admin", "create-resource", "r", "--type", "slurm_sudo", "--db", db))
-    result = slurmrunner(
+    _ok(cli("admin", "create-resource", "r", "--type", "slurm_sudo", "--db", db))
+    result = cli(
         "admin", "create-profile", "p", "--resource", "r", "--username", "root",
         "--jobs-remote-dir", "/root", "--db", db,
     )  # fmt: skip
     _refused(result, "--username", "never impersonated")
     _refused(
-        slurmrunner("admin", "create-profile", "p", "--resource", "nope", "--db", db),
+        cli("admin", "create-profile", "p", "--resource", "nope", "--db", db),
         "no Resource named 'nope'",
     )
+    _refused(cli("admin", "create-user", "not-an-email", "--db", db), "EMAIL", "not an e-mail")
     _refused(
-        slurmrunner("admin", "create-user", "not-an-email", "--db", db), "EMAIL", "not an e-mail"
-    )
-    _refused(
-        slurmrunner("admin", "create-user", "a@b.c", "--profile", "ghost", "--db", db),
+        cli("admin", "create-user", "a@b.c", "--profile", "ghost", "--db", db),
         "no Profile named",
     )
-    _ok(slurmrunner("admin", "create-user", "a@b.c", "--db", db))
-    _refused(slurmrunner("admin", "create-user", "A@b.c", "--db", db), "exists already")
-    _refused(slurmrunner("admin", "issue-token", "z@b.c", "--db", db), "no user with e-mail")
-    _refused(slurmrunner("admin", "revoke-token", "a@b.c", "--db", db), "--all")
-    _refused(slurmrunner("admin", "create-user", "a@b.c", "--db", "mysql://x/y"), "not supported")
-    _refused(slurmrunner("admin", "create-user", "a@b.c", "--db", "::nonsense"), "not a URL")
+    _ok(cli("admin", "create-user", "a@b.c", "--db", db))
+    _refused(cli("admin", "create-user", "A@b.c", "--db", db), "exists already")
+    _refused(cli("admin", "issue-token", "z@b.c", "--db", db), "no user with e-mail")
+    _refused(cli("admin", "revoke-token", "a@b.c", "--db", db), "--all")
+    _refused(cli("admin", "create-user", "a@b.c", "--db", "mysql://x/y"), "not supported")
+    _refused(cli("admin", "create-user", "a@b.c", "--db", "::nonsense"), "not a URL")
 
 
 def test_help_helps():

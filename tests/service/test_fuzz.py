@@ -59,12 +59,15 @@ def test_no_server_errors(db_url, mode):
     headers = _seed(app)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
+    # The routes' code is the same on both databases: PostgreSQL gets a third of the search
+    # (what differs there, constraint errors and types, shows in a few examples).
+    examples = EXAMPLES if db_url.startswith("sqlite") else max(1, EXAMPLES // 3)
     assert len(operations) >= 15
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(
-            max_examples=EXAMPLES,
+            max_examples=examples,
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers_cli import slurmrunner, start_slurmrunner
+from tests.helpers_cli import cli, start_slurmrunner
 from tests.service.conftest import bearer
 
 
@@ -28,16 +28,15 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     config = tmp_path / "here.json"
     config.write_text("{}")
     (tmp_path / "alice").mkdir()
+    # The admin commands in this process (tests/service/test_cli.py runs them as processes).
     for args in (
         ("create-resource", "here", "--type", "local", "--config", config),
         ("create-profile", "alice", "--resource", "here", "--jobs-remote-dir", tmp_path / "alice"),
     ):
-        made = slurmrunner("admin", *args, "--db", db)
-        assert made.returncode == 0, made.stderr
-    made = slurmrunner(
-        "admin", "create-user", "alice@example.org", "--profile", "alice", "--db", db
-    )
-    assert made.returncode == 0, made.stderr
+        made = cli("admin", *args, "--db", db)
+        assert made.exit_code == 0, made.stderr
+    made = cli("admin", "create-user", "alice@example.org", "--profile", "alice", "--db", db)
+    assert made.exit_code == 0, made.stderr
     return {"db": db, "headers": bearer(made.stdout.strip()), "dir": tmp_path}
 
 
