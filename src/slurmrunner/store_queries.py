@@ -22,6 +22,7 @@ from .store_rows import JOB_COLUMNS, JobRow, job_row
 _runs, _tasks, _jobs = schema.runs, schema.tasks, schema.jobs
 # Which results a page holds: one status, or every task that did not end ok.
 StatusFilter = Literal["ok", "failed", "cancelled", "not_ok"] | None
+_IDS_PER_QUERY = 500
 
 
 class RunQueries:
@@ -71,18 +72,18 @@ class RunQueries:
         """The submitted, unfinished jobs of many runs in one query (the watcher's cycle:
         one read for every run it steps, not one per run)."""
         c = _jobs.c
-        query = select(c.run_id, *c[JOB_COLUMNS]).where(
-            c.run_id.in_(run_ids), c.done == 0, c.job_id.is_not(None)
-        )
+        query = select(c.run_id, *c[JOB_COLUMNS]).where(c.done == 0, c.job_id.is_not(None))
         found: dict[str, list[JobRow]] = {run_id: [] for run_id in run_ids}
-        if run_ids:
-            with self._read() as conn:
-                for r in conn.execute(query.order_by(c.run_id, c.idx)):
+        with self._read() as conn:
+            # In slices: SQLite takes at most 32,766 parameters a statement.
+            for k in range(0, len(run_ids), _IDS_PER_QUERY):
+                ids = run_ids[k : k + _IDS_PER_QUERY]
+                for r in conn.execute(query.where(c.run_id.in_(ids)).order_by(c.run_id, c.idx)):
                     found[r[0]].append(job_row(r[1:]))
         return found
 
     def status_counts_of(self, run_ids: list[str]) -> dict[str, Counter[str]]:
-        """Store.status_counts of many runs in one query (a list of runs)."""
+        """Store.status_counts of many runs in one query (a list of runs: at most 1,000)."""
         c = schema.status_counts.c
         query = select(c.run_id, c.status, c.n).where(c.run_id.in_(run_ids), c.n > 0)
         found: dict[str, Counter[str]] = {run_id: Counter() for run_id in run_ids}

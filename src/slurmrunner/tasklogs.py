@@ -69,14 +69,14 @@ def read_log(
     else:
         bound = {"max_output": limit + skip_last, "keep_tail": True}
     try:
-        got = user_host.run(["cat", path], timeout=timeout, **bound)  # type: ignore[arg-type]
+        got = user_host.run(["cat", path], timeout=timeout, raw=True, **bound)  # type: ignore[arg-type]
     except HostError as exc:
         raise LogUnreadable(f"cannot read {path}: {exc}") from None
     if not got.ok:
         if "No such file" in got.stderr:
             return None
         raise LogUnreadable(f"cannot read {path}: {got.stderr.strip()[:500]}")
-    data = got.stdout.encode()
+    data = got.stdout.encode("latin-1")  # the log's own bytes (raw): offsets are exact
     size = len(data) + got.stdout_dropped
     if from_start or limit is None:
         return LogTail(path, data, size)

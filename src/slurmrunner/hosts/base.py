@@ -40,11 +40,12 @@ class CommandResult:
 class OutputBuffer:
     """At most `limit` bytes of a stream: its head, or with `tail` its last bytes."""
 
-    def __init__(self, limit: int, tail: bool = False) -> None:
+    def __init__(self, limit: int, tail: bool = False, raw: bool = False) -> None:
         if limit < 0:
             raise ValueError("max_output must not be negative")
         self.limit = limit
         self.tail = tail
+        self.raw = raw
         self.dropped = 0
         self._data = bytearray()
 
@@ -62,6 +63,8 @@ class OutputBuffer:
         self.dropped += max(len(chunk) - max(room, 0), 0)
 
     def text(self) -> str:
+        if self.raw:  # one character per byte: .encode("latin-1") gives the bytes back
+            return self._data.decode("latin-1")
         # A cut may split a character: it becomes U+FFFD like any other bad byte.
         return self._data.decode("utf-8", errors="replace")
 
@@ -80,12 +83,14 @@ class Host(Protocol):
         *,
         max_output: int = DEFAULT_MAX_OUTPUT,
         keep_tail: bool = False,
+        raw: bool = False,
     ) -> CommandResult:
         """Run argv (never through a shell of ours); return its status and output.
 
         Each stream keeps at most `max_output` bytes: the first ones, or with `keep_tail` the
         last ones of stdout (e.g. a job's output, whose end says why it stopped); the rest is
-        read and counted in `*_dropped`. Output is decoded as UTF-8 with replacement.
+        read and counted in `*_dropped`. Output is decoded as UTF-8 with replacement; with
+        `raw`, stdout as latin-1, byte for byte (a log read by byte offsets).
 
         Raises HostError (or a subclass) when the command could not be run at all, e.g. the
         connection is down or sudo refused; a command that ran and failed returns its status.

@@ -41,10 +41,11 @@ class LocalHost:
         *,
         max_output: int = DEFAULT_MAX_OUTPUT,
         keep_tail: bool = False,
+        raw: bool = False,
     ) -> CommandResult:
         self._counter.count(argv)
         full = [*self._prefix(), *argv]
-        out, err = OutputBuffer(max_output, keep_tail), OutputBuffer(max_output)
+        out, err = OutputBuffer(max_output, keep_tail, raw), OutputBuffer(max_output)
         try:
             proc = subprocess.Popen(
                 full,

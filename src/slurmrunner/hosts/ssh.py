@@ -263,6 +263,7 @@ class SSHHost:
         *,
         max_output: int = DEFAULT_MAX_OUTPUT,
         keep_tail: bool = False,
+        raw: bool = False,
     ) -> CommandResult:
         """Run argv (every word quoted) on the host; stdin (any size) is streamed to it.
         Output is capped and decoded as Host.run says.
@@ -277,7 +278,7 @@ class SSHHost:
         data = stdin.encode("utf-8") if stdin is not None else None
         with self._count_lock:
             self._counter.count(argv)
-        limits = (OutputBuffer(max_output, keep_tail), OutputBuffer(max_output))
+        limits = (OutputBuffer(max_output, keep_tail, raw), OutputBuffer(max_output))
         with self._conn.slots:
             transport, channel = self._checked_channel()
             try:

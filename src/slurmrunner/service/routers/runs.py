@@ -133,7 +133,7 @@ def get_task_log(
     before its last `skip_bytes` (`tail_bytes + skip_bytes` ≤ 1 MiB), or with `from_start`
     its first `tail_bytes`. The whole log's size is in `X-Log-Size`, where the bytes sent
     start in `X-Log-Offset`, its path in `X-Log-Path`."""
-    if tail_bytes + skip_bytes > MAX_LOG_BYTES:
+    if not from_start and tail_bytes + skip_bytes > MAX_LOG_BYTES:
         raise Invalid.one(
             ("query", "skip_bytes"),
             f"tail_bytes + skip_bytes is at most {MAX_LOG_BYTES} (1 MiB from the log's end); "

@@ -23,7 +23,7 @@ from ..models import RESOURCE_TYPES, Profile, Resource
 from ..schemas.clusters import ProfileCreate, ProfileUpdate, ResourceCreate, ResourceUpdate
 from ..schemas.common import MAX_ID
 from . import views
-from .forms import MAX_ADMIN_FORM_BYTES, Problems, checkbox, optional, problems_of, read_form
+from .forms import AdminFormFields, FormFields, Problems, checkbox, optional, problems_of
 from .session import PageNotFound, WebSession, check_csrf, current_admin
 
 router = APIRouter(prefix="/web/admin", include_in_schema=False)
@@ -133,10 +133,9 @@ def resource_page(request: Request, session: Admin, resource_id: Id) -> HTMLResp
         return _resource_form(request, session, resource, _resource_values(resource))
 
 
-async def _save_resource(
-    request: Request, session: WebSession, resource_id: int | None
+def _save_resource(
+    request: Request, session: WebSession, resource_id: int | None, form: dict[str, str]
 ) -> Response:
-    form = await read_form(request, MAX_ADMIN_FORM_BYTES)
     check_csrf(session.csrf, form.get("csrf"))
     values = {name: form.get(name, "") for name in RESOURCE_FIELDS}
     values["prevent_new_submissions"] = checkbox(form, "prevent_new_submissions")
@@ -158,13 +157,15 @@ async def _save_resource(
 
 
 @router.post("/resources", response_class=HTMLResponse)
-async def create_resource(request: Request, session: Admin) -> Response:
-    return await _save_resource(request, session, None)
+def create_resource(request: Request, session: Admin, form: AdminFormFields) -> Response:
+    return _save_resource(request, session, None, form)
 
 
 @router.post("/resources/{resource_id}", response_class=HTMLResponse)
-async def update_resource(request: Request, session: Admin, resource_id: Id) -> Response:
-    return await _save_resource(request, session, resource_id)
+def update_resource(
+    request: Request, session: Admin, resource_id: Id, form: AdminFormFields
+) -> Response:
+    return _save_resource(request, session, resource_id, form)
 
 
 # Profiles
@@ -219,8 +220,9 @@ def profile_page(request: Request, session: Admin, profile_id: Id) -> HTMLRespon
         return _profile_form(request, session, db, profile, _profile_values(profile))
 
 
-async def _save_profile(request: Request, session: WebSession, profile_id: int | None) -> Response:
-    form = await read_form(request)
+def _save_profile(
+    request: Request, session: WebSession, profile_id: int | None, form: dict[str, str]
+) -> Response:
     check_csrf(session.csrf, form.get("csrf"))
     values = {name: form.get(name, "") for name in PROFILE_FIELDS}
     data = {"name": form.get("name", ""), "resource_id": form.get("resource_id", "").strip()}
@@ -240,10 +242,10 @@ async def _save_profile(request: Request, session: WebSession, profile_id: int |
 
 
 @router.post("/profiles", response_class=HTMLResponse)
-async def create_profile(request: Request, session: Admin) -> Response:
-    return await _save_profile(request, session, None)
+def create_profile(request: Request, session: Admin, form: FormFields) -> Response:
+    return _save_profile(request, session, None, form)
 
 
 @router.post("/profiles/{profile_id}", response_class=HTMLResponse)
-async def update_profile(request: Request, session: Admin, profile_id: Id) -> Response:
-    return await _save_profile(request, session, profile_id)
+def update_profile(request: Request, session: Admin, profile_id: Id, form: FormFields) -> Response:
+    return _save_profile(request, session, profile_id, form)

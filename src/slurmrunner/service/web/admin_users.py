@@ -21,7 +21,7 @@ from ..models import User
 from ..schemas.common import MAX_ID
 from ..schemas.users import TokenCreate, UserCreate, UserUpdate
 from . import views
-from .forms import Problems, checkbox, problems_of, read_form
+from .forms import FormFields, Problems, checkbox, problems_of
 from .session import PageNotFound, WebSession, check_csrf, current_admin
 
 router = APIRouter(prefix="/web/admin/users", include_in_schema=False)
@@ -77,8 +77,7 @@ def users_page(request: Request, session: Admin) -> HTMLResponse:
 
 
 @router.post("", response_class=HTMLResponse)
-async def create_user(request: Request, session: Admin) -> Response:
-    form = await read_form(request)
+def create_user(request: Request, session: Admin, form: FormFields) -> Response:
     check_csrf(session.csrf, form.get("csrf"))
     values = {
         "email": form.get("email", ""),
@@ -122,8 +121,7 @@ def user_page(request: Request, session: Admin, user_id: Id) -> HTMLResponse:
 
 
 @router.post("/{user_id}", response_class=HTMLResponse)
-async def update_user(request: Request, session: Admin, user_id: Id) -> Response:
-    form = await read_form(request)
+def update_user(request: Request, session: Admin, user_id: Id, form: FormFields) -> Response:
     check_csrf(session.csrf, form.get("csrf"))
     values = {
         "email": form.get("email", ""),
@@ -143,8 +141,7 @@ async def update_user(request: Request, session: Admin, user_id: Id) -> Response
 
 
 @router.post("/{user_id}/tokens", response_class=HTMLResponse)
-async def issue_token(request: Request, session: Admin, user_id: Id) -> HTMLResponse:
-    form = await read_form(request)
+def issue_token(request: Request, session: Admin, user_id: Id, form: FormFields) -> HTMLResponse:
     check_csrf(session.csrf, form.get("csrf"))
     with request.app.state.sessionmaker() as db:
         user = _user(db, user_id)
@@ -158,8 +155,10 @@ async def issue_token(request: Request, session: Admin, user_id: Id) -> HTMLResp
 
 
 @router.post("/{user_id}/tokens/{token_id}/revoke")
-async def revoke_token(request: Request, session: Admin, user_id: Id, token_id: Id) -> Response:
-    check_csrf(session.csrf, (await read_form(request)).get("csrf"))
+def revoke_token(
+    request: Request, session: Admin, user_id: Id, token_id: Id, form: FormFields
+) -> Response:
+    check_csrf(session.csrf, form.get("csrf"))
     with request.app.state.sessionmaker() as db:
         user = _user(db, user_id)
         try:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import Request
+from fastapi import Depends, Request
 from pydantic import ValidationError
 
 from ..errors import Invalid, ServiceError
@@ -42,6 +42,21 @@ async def read_form(request: Request, max_bytes: int = MAX_FORM_BYTES) -> dict[s
     except ValueError:  # more fields than any of our forms has
         return {}
     return {k: v[0] for k, v in fields.items()}
+
+
+async def _form(request: Request) -> dict[str, str]:
+    return await read_form(request)
+
+
+async def _admin_form(request: Request) -> dict[str, str]:
+    return await read_form(request, MAX_ADMIN_FORM_BYTES)
+
+
+# The body is read by these (async) dependencies on the event loop; the handlers that take
+# them are plain functions, which FastAPI runs in its worker threads: what they do (the
+# database, a scancel over SSH) never stalls every other request, as in an async handler.
+FormFields = Annotated[dict[str, str], Depends(_form)]
+AdminFormFields = Annotated[dict[str, str], Depends(_admin_form)]
 
 
 def optional(form: dict[str, str], *names: str) -> dict[str, Any]:

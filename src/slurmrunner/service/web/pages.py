@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from ..auth import Refusal
 from ..schemas.runs import RunState
 from . import views
-from .forms import read_form
+from .forms import FormFields
 from .session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -51,8 +51,7 @@ def _login_form(request: Request, error: str | None, status: int) -> HTMLRespons
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
-    form = await read_form(request)
+def login(request: Request, form: FormFields) -> Response:
     # Double submit: the form's value must match the cookie set with it, which another site
     # can neither read nor set (SameSite=Strict, HttpOnly).
     check_csrf(request.cookies.get(LOGIN_COOKIE, ""), form.get("csrf"))
@@ -67,8 +66,8 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, session: Signed) -> Response:
-    check_csrf(session.csrf, (await read_form(request)).get("csrf"))
+def logout(request: Request, session: Signed, form: FormFields) -> Response:
+    check_csrf(session.csrf, form.get("csrf"))
     response = _see_other("/web/login")
     response.delete_cookie(SESSION_COOKIE, path="/web")
     return response

@@ -24,7 +24,7 @@ from ..runs import cancel_run, owned_run, run_read, task_log
 from ..schemas.common import MAX_ID
 from ..schemas.runs import MAX_LOG_BYTES
 from . import charts, queries, scripts, timeline, views
-from .forms import read_form
+from .forms import FormFields
 from .session import PageNotFound, WebSession, check_csrf, current_session
 
 router = APIRouter(prefix="/web/runs", include_in_schema=False)
@@ -283,8 +283,8 @@ def log_page(
 
 
 @router.post("/{run_id}/cancel")
-async def cancel(request: Request, session: Signed, run_id: str) -> Response:
-    check_csrf(session.csrf, (await read_form(request)).get("csrf"))
+def cancel(request: Request, session: Signed, run_id: str, form: FormFields) -> Response:
+    check_csrf(session.csrf, form.get("csrf"))
     store = views.store_of(request)
     row = _owned(request, session, run_id)
     cancel_run(store, request.app.state.watching, session.user, row)

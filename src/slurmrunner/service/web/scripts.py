@@ -24,7 +24,7 @@ from ..runs import stored_spec
 MAX_TASKS_READ = 200
 HEAD_CHARS = 16 << 10
 PAYLOAD_CHARS = 4 << 10
-_PAYLOAD_LINE = "_PAYLOAD = "
+_PAYLOAD_LINE = payload.PAYLOAD_PREFIX
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ def job_script(store: Store, row: RunRow, job: JobRow) -> ScriptView:
     if n_read < job.n_tasks:
         # Rendered with the first tasks only: true up to the end of the last task read.
         payload_end = payload_line.rfind('],"version"')
+        if payload_end < 0:  # not the payload's usual end: shown as it is, cut at its bound
+            payload_end = len(payload_line)
     shown = min(payload_end, PAYLOAD_CHARS)
     return ScriptView(
         job=job.idx,
