@@ -182,6 +182,17 @@ def test_logs_prints_a_tasks_log(finished_run):
     assert cli("logs", "last", 0).stdout.startswith("task got")
 
 
+def test_logs_of_a_silent_task_is_empty(tmp_path, local_profile_file):
+    """A task that printed nothing keeps no log file (the worker's files): its log is empty,
+    not missing."""
+    path = write_inputs(tmp_path / "in.jsonl", [{"x": 0}])
+    proc = slurmrunner("run", "-p", local_profile_file, "-i", path, "--", "true")
+    assert proc.returncode == 0, proc.stderr
+    result = cli("logs", "last", 0)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+
+
 def test_logs_index_out_of_range(finished_run):
     result = cli("logs", "last", 2)
     assert result.exit_code == 2 and "tasks 0 to 1" in flat(result.stderr)

@@ -9,22 +9,31 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from slurmrunner import payload
+from slurmrunner import payload, settling
 from slurmrunner.batching import PartitionShape, plan_batches
 from slurmrunner.config import merge_resources, parse_config, parse_resources
 from slurmrunner.errors import BatchingError, ConfigError
 from slurmrunner.jobstate import JobState, pending_verdict
 from slurmrunner.local_jobs import LocalScheduler
 from slurmrunner.profiles import Profile
+from slurmrunner.reading import MAX_WARNINGS
 from slurmrunner.runner import Runner, worker_source
-from slurmrunner.runspec import RunSpec
+from slurmrunner.runspec import (
+    MAX_PAYLOAD_JSON_BYTES,
+    RunSpec,
+    payload_json_bytes,
+    payload_json_limit,
+)
 from slurmrunner.script import render_script
+from slurmrunner.slurm import parse_sinfo
 from slurmrunner.store import Store
+from slurmrunner.units import parse_time_minutes
 from tests.fake_slurm import fake_run
 from tests.helpers_cli import cli, flat, write_inputs, write_json
 
@@ -74,6 +83,21 @@ def test_100000_tasks_of_10_minutes_fit_a_2_day_partition():
     assert p.time_per_job_minutes == 2880 and "time limit" in p.raised_for
     # without the limit the same run is 10 jobs of 10,000 tasks (~69 days each)
     assert plan_batches(100_000, res, limits, shape(None)).num_jobs == 10
+
+
+def test_a_max_time_with_seconds_is_a_bound_rounded_down():
+    """sinfo may say MaxTime with seconds: 2-00:00:30 allows 2880 whole minutes, not 2881."""
+    sinfo = "short|64|256000|100|idle|2-00:00:30\nsub|64|256000|1|idle|00:00:30\n"
+    part = parse_sinfo(sinfo, "short")
+    assert part is not None and part.max_time_minutes == TWO_DAYS
+    assert parse_sinfo(sinfo, "sub").max_time_minutes == 1  # the least a job can ask for
+    # a task's time still rounds up: asking for less would cut it short
+    assert parse_time_minutes("2-00:00:30") == TWO_DAYS + 1
+    assert parse_time_minutes("2-00:00:30", round_up=False) == TWO_DAYS
+    res, limits = limits_and_res({"time": "1"}, target_num_jobs=1, max_cpus_per_job=1)
+    p = plan_batches(2 * 2881, res, limits, part)
+    # 2 jobs of 2881 minutes each before, over the partition's limit
+    assert p.num_jobs == 3 and p.time_per_job_minutes == 1921
 
 
 def test_100000_tasks_go_wider_before_being_refused():
@@ -347,6 +371,106 @@ def test_w5_100000_inputs_of_500_bytes_need_no_tasks_per_job(tmp_path):
     sizes = [len(render_script(job, source).encode()) for job in jobs]
     assert max(sizes) <= 4 * 1024 * 1024 and len(jobs) <= 50
     assert sum(len(j.tasks) for j in jobs) == 100_000
+    # ~55 MB of JSON that does not compress: the script size sets it (14 jobs of ~3.8 MB)
+    assert len(jobs) == 14
+    assert max(payload_json_bytes(job) for job in jobs) <= MAX_PAYLOAD_JSON_BYTES
+
+
+def fractal_like(n):
+    """Inputs as a workflow makes them (~500 bytes of JSON each, compressing ~20x)."""
+    return [
+        {
+            "zarr_url": f"/data/project/plate_{i // 1000}.zarr/B/{i % 96:02d}/0",
+            "well": f"B{i % 96:02d}",
+            "origin": f"/data/project/raw/plate_{i // 1000}/B{i % 96:02d}_T0001F001L01.tif",
+            "channels": [
+                {"label": f"DAPI_{c}", "wavelength_id": f"A0{c}_C0{c}", "start": 0, "end": 65535}
+                for c in range(5)
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def test_compressed_payloads_stay_within_the_json_a_job_may_parse(tmp_path):
+    """A 4 MB script can carry ~90 MB of compressible JSON, which the worker parses at job
+    start within the job's memory: jobs are split by the JSON's size too."""
+    runner = runner_with(tmp_path, batching_config={"target_num_jobs": 1})
+    inputs = fractal_like(100_000)
+    assert 450 <= len(json.dumps(inputs[0])) <= 550
+    jobs = runner.plan(["true"], inputs)
+    sizes = [payload_json_bytes(job) for job in jobs]
+    # ~50 MB of JSON: one script of ~2.5 MB would carry it all; 16 MB per job makes 4 jobs
+    assert sum(sizes) > 45_000_000
+    assert max(sizes) <= MAX_PAYLOAD_JSON_BYTES and len(jobs) == 4
+    scripts = [render_script(job, worker_source()) for job in jobs]
+    assert all(payload.is_compressed(_line(s)) for s in scripts)
+    assert [t["i"] for s in scripts for t in json.loads(payload.read_payload_line(_line(s)))[
+        "tasks"
+    ]] == list(range(100_000))  # fmt: skip
+
+
+def test_a_small_jobs_memory_bounds_its_payload(tmp_path):
+    # 64 MB per task, one at a time: 2 MB of JSON per job (1/32 of it)
+    runner = runner_with(
+        tmp_path, default_slurm_config={"mem": "64M"}, batching_config={"target_num_jobs": 1}
+    )
+    inputs = fractal_like(20_000)  # ~10 MB of JSON
+    jobs = runner.plan(["true"], inputs)
+    assert jobs[0].plan.mem_per_job_mb == 64
+    limit, why = payload_json_limit(jobs[0].plan)
+    assert limit == 2 * 1024 * 1024 and "1/32 of the job's memory of 64MB" in why
+    sizes = [payload_json_bytes(job) for job in jobs]
+    assert max(sizes) <= limit and len(jobs) == math.ceil(sum(sizes) / (limit * 0.97))
+    # with no memory set, only the fixed bound: one job
+    assert len(runner_with(tmp_path, batching_config={"target_num_jobs": 1}).plan(
+        ["true"], inputs
+    )) == 1  # fmt: skip
+
+
+def test_payload_sizes_are_counted_exactly(tmp_path):
+    """fit_scripts adds up each task's JSON: the same as the payload the job carries."""
+    from slurmrunner.runspec import _TaskJsonSizes
+
+    inputs = [
+        {"s": "é 漢字 🎉 \u2028 \x00 'quoted' \"too\"\n" * (i % 5), "n": [i, 0.5, None]}
+        for i in range(50)
+    ] + [{}, [], "x", 7, None]
+    runner = runner_with(tmp_path, batching_config={"target_num_jobs": 7})
+    jobs = runner.plan(["true"], inputs)
+    sizes = _TaskJsonSizes(list(enumerate(inputs)))
+    assert len(jobs) == 7
+    for job in jobs:
+        text = payload.read_payload_line(_line(render_script(job, worker_source())))
+        assert sizes.job_bytes(job) == payload_json_bytes(job) == len(text.encode())
+    assert sizes.job_bytes(replace(jobs[0], tasks=())) == payload_json_bytes(
+        replace(jobs[0], tasks=())
+    )
+
+
+def test_payload_json_refusals_name_the_numbers(tmp_path):
+    small = {"default_slurm_config": {"mem": "64M"}}
+    runner = runner_with(tmp_path, **small, batching_config={"max_num_jobs": 2})
+    with pytest.raises(BatchingError) as exc:
+        runner.plan(["true"], fractal_like(20_000))
+    msg = flat(str(exc.value))
+    for part in (
+        # 2 jobs of 2 at a time (squeezed into max_num_jobs): 128 MB per job
+        "20000 tasks in 2 jobs are over the 4194304 bytes of JSON a job may carry",
+        "(1/32 of the job's memory of 128MB) (job 0: ",
+        "bytes of payload JSON for 10000 inputs); about 3 jobs would be needed",
+        "max_num_jobs=2: raise max_num_jobs or the task's mem",
+    ):
+        assert part in msg, (part, msg)
+    # one input alone over the bound
+    runner = runner_with(tmp_path, default_slurm_config={"mem": "1M"})
+    with pytest.raises(ConfigError, match=r"inputs\[1\] alone makes \d+ bytes of payload JSON"):
+        runner.plan(["true"], [{"x": 1}, {"blob": "x" * 40_000}])
+    # tasks_per_job given: no split, a refusal
+    runner = runner_with(tmp_path, **small)
+    with pytest.raises(ConfigError, match=r"job 0 makes \d+ bytes of payload JSON, over .*"
+                       r"tasks_per_job"):  # fmt: skip
+        runner.plan(["true"], fractal_like(20_000), {"tasks_per_job": 20_000})
 
 
 def _line(script):
@@ -431,11 +555,29 @@ def test_pending_verdicts(reason, verdict):
     assert pending_verdict(JobState("RUNNING", reason)) is None
 
 
-def test_a_job_that_can_never_start_fails_the_run(tmp_path):
+@pytest.fixture
+def clock(monkeypatch):
+    """The time the pending checks see (settling's clock), moved by the test."""
+    now = [1000.0]
+    monkeypatch.setattr(settling, "_clock", lambda: now[0])
+    return now
+
+
+def test_a_job_that_can_never_start_fails_the_run(tmp_path, clock):
     run, query = fake_run(tmp_path, 4, tasks_per_job=2)
     a, b = run.job_ids()
     query.states[a] = "PENDING|PartitionTimeLimit"  # squeue's reason column
     query.states[b] = "PENDING|Priority"
+    # seen once, then again within the grace: a warning, the run waits on
+    for elapsed in (0, settling.PENDING_GRACE_S - 1):
+        clock[0] = 1000.0 + elapsed
+        status = run.poll()
+        assert run.store.run(run.id).state not in ("failed", "cancelled")
+    assert run.backend.scheduler.submit_host.calls["scancel"] == 0
+    (note,) = [w for w in status.warnings if "PartitionTimeLimit" in w]
+    assert f"job 0 ({a}) is pending: PartitionTimeLimit" in note
+    assert "the run fails if this is still so after 60 s" in note
+    clock[0] = 1000.0 + settling.PENDING_GRACE_S
     run.poll()
     row = run.store.run(run.id)
     assert row.state == "failed"
@@ -451,14 +593,61 @@ def test_a_job_that_can_never_start_fails_the_run(tmp_path):
     assert run.store.run(run.id).state == "failed"
 
 
-def test_a_run_of_one_never_starting_job_fails(tmp_path):
+def test_a_run_of_one_never_starting_job_fails(tmp_path, monkeypatch):
+    # the grace as the rig's tests set it, read when the Run is made (two polls still needed)
+    monkeypatch.setenv("SLURMRUNNER_PENDING_GRACE_S", "0")
     run, query = fake_run(tmp_path, 2, tasks_per_job=2)
+    assert run._pending_grace_s == 0
     (a,) = run.job_ids()
     query.states[a] = "PENDING|QOSMaxWallDurationPerJobLimit"
+    run.poll()
+    assert run.store.run(run.id).state not in ("failed", "cancelled")  # one look is not enough
     results = run.wait(timeout=5)
     assert [r.error.cause for r in results] == ["unschedulable"] * 2
     assert run.store.run(run.id).state == "failed"
     assert run.backend.scheduler.submit_host.calls["scancel"] == 1
+
+
+@pytest.mark.parametrize(("text", "grace"), [("5", 5.0), ("0.5", 0.5), ("", 60.0), ("x", 60.0),
+                                              ("-1", 60.0), ("inf", 60.0)])  # fmt: skip
+def test_the_pending_grace_from_the_environment(monkeypatch, text, grace):
+    monkeypatch.setenv("SLURMRUNNER_PENDING_GRACE_S", text)
+    assert settling.pending_grace_s() == grace
+
+
+def test_a_never_clears_reason_that_clears_is_counted_again(tmp_path, clock):
+    """InvalidAccount shows for a while after an association change: gone before the grace
+    ends, it is forgotten; back, its time starts again."""
+    run, query = fake_run(tmp_path, 2, tasks_per_job=2)
+    (a,) = run.job_ids()
+    plan = [
+        (0, "PENDING|InvalidAccount"),
+        (50, "PENDING|InvalidAccount"),
+        (55, "PENDING|Priority"),  # cleared: forgotten
+        (70, "PENDING|InvalidAccount"),
+        (125, "PENDING|InvalidAccount"),  # 55 s since it came back
+        (129, "PENDING|InvalidQOS"),  # another reason: counted from here
+        (188, "PENDING|InvalidQOS"),
+    ]
+    for t, state in plan:
+        clock[0], query.states[a] = 1000.0 + t, state
+        run.poll()
+        assert run.store.run(run.id).state not in ("failed", "cancelled"), (t, state)
+    clock[0] = 1000.0 + 189
+    run.poll()
+    row = run.store.run(run.id)
+    assert row.state == "failed" and f"job 0 ({a}) can never start: InvalidQOS" in row.message
+
+
+def test_two_looks_a_grace_apart_fail(tmp_path, clock):
+    run, query = fake_run(tmp_path, 2, tasks_per_job=2)
+    (a,) = run.job_ids()
+    query.states[a] = "PENDING|BadConstraints"
+    run.poll()
+    clock[0] += 3600  # one poll an hour later: two looks an hour apart
+    assert run.store.run(run.id).state not in ("failed", "cancelled")
+    run.poll()
+    assert run.store.run(run.id).state == "failed"
 
 
 def test_a_reason_that_may_clear_is_a_warning(tmp_path):
@@ -471,6 +660,39 @@ def test_a_reason_that_may_clear_is_a_warning(tmp_path):
     notes = [w for w in status.warnings if "ReqNodeNotAvail" in w]
     assert len(notes) == 1 and "may never start" in notes[0]
     assert run.results() == []
+
+
+def test_pending_warnings_are_one_per_reason_counting_the_jobs(tmp_path):
+    """Not one per job and node list: squeue's details change as nodes come and go."""
+    run, query = fake_run(tmp_path, 6, tasks_per_job=2)
+    ids = run.job_ids()
+    for k in range(20):
+        for j, job_id in enumerate(ids):
+            query.states[job_id] = f"PENDING|ReqNodeNotAvail, UnavailableNodes:n[{k}-{k + j}]"
+        status = run.poll()
+    notes = [w for w in status.warnings if "pending" in w]
+    assert notes == [
+        f"3 jobs (job 0 ({ids[0]}), ...) are pending: ReqNodeNotAvail (a node the job requires "
+        "is not available (down, drained or reserved)); they may never start"
+    ]
+    query.states[ids[1]] = query.states[ids[2]] = "RUNNING"
+    status = run.poll()
+    assert [w for w in status.warnings if "pending" in w] == [
+        f"job 0 ({ids[0]}) is pending: ReqNodeNotAvail (a node the job requires is not "
+        "available (down, drained or reserved)); it may never start"
+    ]
+
+
+def test_a_runs_warnings_are_bounded(tmp_path):
+    run, _ = fake_run(tmp_path, 2, tasks_per_job=2)
+    for k in range(500):
+        run._warn_once(f"note {k}")
+        run.warnings.append(f"squeue: error {k}")  # as asking.py says a failed poll
+    warnings = run.status().warnings
+    assert len(warnings) == MAX_WARNINGS
+    assert warnings[-1] == f"... and {1000 - (MAX_WARNINGS - 1)} more warnings (in the log)"
+    run._warn_once("note 3")  # still said once
+    assert run.status().warnings == warnings
 
 
 def test_runspec_keeps_older_specs_readable():

@@ -7,16 +7,19 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from slurmrunner import payload
+from slurmrunner import script as script_mod
 from slurmrunner.config import parse_config, parse_resources
 from slurmrunner.errors import ConfigError
 from slurmrunner.profiles import Profile
 from slurmrunner.quoting import directive_value, shell_command, shell_word
 from slurmrunner.runner import Runner, worker_source
-from slurmrunner.script import check_script_size, render_script
+from slurmrunner.script import check_script_size, render_script, worker_payload
 from slurmrunner.store import Store
 from tests.conftest import DOC_SNIPPET_1, DOC_SNIPPET_2, EXAMPLES
 
@@ -308,6 +311,39 @@ def test_payload_round_trip_through_bash(tmp_path):
         i: {"args": args, "argv_tail": ["arg with space", "it's", "$HOME"]}
         for i, args in enumerate(NASTY)
     }
+    assert not Path("/tmp/slurmrunner-pwned").exists()
+
+
+def test_nasty_inputs_round_trip_compressed(tmp_path, monkeypatch):
+    """The hostile inputs in the compressed form (forced: they are too small to be compressed
+    otherwise): the payload line gives back the same JSON, no line of the here-document is
+    its end marker, and the job runs them as given."""
+    monkeypatch.setattr(script_mod, "payload_line", partial(payload.payload_line, compress=True))
+    task = tmp_path / "echo_task.py"
+    task.write_text(ECHO_TASK)
+    runner = make_runner(project_dir=tmp_path / "proj")
+    command = [sys.executable, str(task), "it's", "$HOME"]
+    jobs = runner.plan(command, NASTY, run_id="R3")
+    seen = {}
+    for job in jobs:
+        script = render_script(job, worker_source())
+        lines = script.splitlines()
+        (line,) = [x for x in lines if x.startswith(payload.PAYLOAD_PREFIX)]
+        assert payload.is_compressed(line) and line.isascii()
+        want = json.dumps(worker_payload(job), sort_keys=True, separators=(",", ":"))
+        assert payload.read_payload_line(line) == want
+        scope: dict = {}
+        exec(line, scope)  # our own line, as the job's python runs it
+        assert scope["_PAYLOAD"] == want
+        assert [i for i, x in enumerate(lines) if x.strip() == "SLURMRUNNER_PAYLOAD_END"] == [
+            len(lines) - 1
+        ]
+        proc = run_script(script, job.run_dir)
+        assert proc.returncode == 0, proc.stderr.decode()
+        for rec in read_records(job.run_dir, job.job_index)[1:-1]:
+            assert rec["status"] == "ok", rec
+            seen[rec["i"]] = rec["result"]["args"]
+    assert seen == dict(enumerate(NASTY))
     assert not Path("/tmp/slurmrunner-pwned").exists()
 
 

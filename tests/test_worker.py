@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from slurmrunner.worker_ship import worker_program
 
-WORKER = REPO / "src" / "slurmrunner" / "worker.py"
+# The program a job runs: the worker's parts joined (worker_ship.py).
+WORKER_SOURCE = worker_program()
 
 # One program for every behaviour, driven by its arguments.
 TASK = r"""
@@ -91,13 +92,15 @@ def payload(run_dir, tasks, command, parallel=1, call="fractal", workdir=None, j
     }
 
 
-# The worker as a module with posix_spawn switched off: the path of platforms without it.
+# The worker as a module with posix_spawn and sigwaitinfo switched off: the path of platforms
+# without them (macOS).
 FORK_BOOT = """
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("worker", sys.argv[1])
 worker = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(worker)
 worker._POSIX_SPAWN = False
+worker._SIGWAIT = False
 sys.exit(worker.main(json.load(open(sys.argv[2]))))
 """
 
@@ -110,9 +113,11 @@ def launcher(request):
 def start_worker(tmp_path, data, launcher="posix_spawn"):
     path = tmp_path / "payload.json"
     path.write_text(json.dumps(data))
+    program = tmp_path / "worker.py"
+    program.write_text(WORKER_SOURCE)
     boot = ["-c", FORK_BOOT] if launcher == "fork" else []
     return subprocess.Popen(
-        [sys.executable, *boot, str(WORKER), str(path)],
+        [sys.executable, *boot, str(program), str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -303,9 +308,11 @@ def test_program_found_on_path(tmp_path, task, launcher):
     data = payload(tmp_path / "run", [{"x": 7}], ["my-task"])
     path = tmp_path / "payload.json"
     path.write_text(json.dumps(data))
+    program = tmp_path / "worker.py"
+    program.write_text(WORKER_SOURCE)
     boot = ["-c", FORK_BOOT] if launcher == "fork" else []
     proc = subprocess.run(
-        [sys.executable, *boot, str(WORKER), str(path)],
+        [sys.executable, *boot, str(program), str(path)],
         env={**os.environ, "PATH": env_path},
         capture_output=True,
     )
@@ -476,8 +483,7 @@ def test_a_requeued_job_marks_its_attempt_and_runs_only_what_was_not_finished(
 
 
 def test_worker_is_stdlib_only_python38():
-    source = WORKER.read_text()
-    tree = ast.parse(source, feature_version=(3, 8))
+    tree = ast.parse(WORKER_SOURCE, feature_version=(3, 8))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -492,7 +498,7 @@ def test_worker_is_stdlib_only_python38():
 def test_worker_runs_from_embedded_payload(tmp_path, task):
     # as in the job script: `_PAYLOAD = '...'` prepended to the source, fed on stdin
     data = payload(tmp_path / "run", [{"x": 3}], [sys.executable, task])
-    source = f"_PAYLOAD = {json.dumps(data)!r}\n{WORKER.read_text()}"
+    source = f"_PAYLOAD = {json.dumps(data)!r}\n{WORKER_SOURCE}"
     proc = subprocess.run([sys.executable, "-"], input=source.encode(), capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
     assert read_lines(tmp_path / "run")[1]["result"]["args"] == {"x": 3}

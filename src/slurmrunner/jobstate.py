@@ -37,7 +37,10 @@ class JobState:
 
 #: Pending reasons that waiting never clears (SLURM's job_reason_codes): the job asks for more
 #: than a per-job limit allows, or for what the cluster does not offer. Only an admin changing
-#: the cluster could start it, so the run fails at once, saying why, instead of waiting for ever.
+#: the cluster could start it, so the run fails, saying why, instead of waiting for ever: once
+#: the reason has held for a while (settling.PENDING_GRACE_S), as some show briefly (an invalid
+#: account or QOS after an association change or a slurmdbd reconnect, bad constraints while
+#: the nodes with the feature are down).
 #: (On a cluster with EnforcePartLimits, sbatch refuses most of these at submission.)
 NEVER_CLEARS = {
     "PartitionTimeLimit": "the job's time limit is over its partition's MaxTime",
@@ -74,14 +77,19 @@ MAY_NOT_CLEAR = {
 }
 
 
+def reason_name(reason: str) -> str:
+    """squeue's reason without its details: "ReqNodeNotAvail, UnavailableNodes:n1" ->
+    "ReqNodeNotAvail"."""
+    return reason.strip().strip("()").split(",", 1)[0].strip()
+
+
 def pending_verdict(state: JobState) -> tuple[Literal["fail", "warn"], str] | None:
     """For a PENDING job, whether its reason means it will never start ("fail", why), may
     never start ("warn", why), or is an ordinary wait (None: Priority, Resources, Grp*, ...).
     squeue's reason may carry details after a comma ("ReqNodeNotAvail, UnavailableNodes:n1")."""
     if state.state != "PENDING" or not state.reason:
         return None
-    reason = state.reason.strip().strip("()")
-    key = reason.split(",", 1)[0].strip()
+    key = reason_name(state.reason)
     if key in NEVER_CLEARS:
         return "fail", NEVER_CLEARS[key]
     if _NEVER_CLEARS_RE.match(key):

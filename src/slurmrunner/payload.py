@@ -12,8 +12,10 @@ source; the worker reads that global and parses it (worker.py). Two forms of tha
   decodes it itself, with two C modules of the standard library, before the worker runs: the
   worker finds the same JSON text either way and needs no code for it.
 
-A job of 100,000 inputs of 500 bytes is ~55 MB of JSON; compressed it is a few MB, and the
-script-size split (runspec.fit_scripts) needs few jobs for it.
+100,000 inputs of 500 bytes are ~55 MB of JSON; compressed, a few MB. The script's size is not
+the only bound: the worker parses the whole JSON at job start, in the job's memory, so
+runspec.fit_scripts also keeps each job's JSON within runspec.MAX_PAYLOAD_JSON_BYTES (and a
+share of the job's memory), however well it compresses.
 """
 
 from __future__ import annotations

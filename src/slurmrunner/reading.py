@@ -62,6 +62,29 @@ class Look:
     ran: bool = True  # False: the host could not run the cat (nothing was looked at)
 
 
+#: Warnings a run keeps (its status's `warnings`): later ones are counted in one last line
+#: (and are in the log), so a run that runs for weeks holds no more than these.
+MAX_WARNINGS = 100
+
+
+class Warnings(list[str]):
+    """A run's warnings: the first MAX_WARNINGS - 1, then a line counting the others (the
+    places of those kept never change: Reading._warn_once updates one in place)."""
+
+    dropped = 0
+
+    def append(self, note: str) -> None:
+        if len(self) < MAX_WARNINGS - 1:
+            super().append(note)
+            return
+        self.dropped += 1
+        line = f"... and {self.dropped} more warnings (in the log)"
+        if len(self) < MAX_WARNINGS:
+            super().append(line)
+        else:
+            self[-1] = line
+
+
 class Reading:
     """The reading part of a Run (see run.Run)."""
 
@@ -69,6 +92,7 @@ class Reading:
     spec: RunSpec
     calls: Counter[str]
     warnings: list[str]
+    _warned: dict[str, int]  # _warn_once's keys -> the note's place in warnings
     _watch: dict[int, JobWatch]
     _bad_reported: set[int]
     _finished: set[int]
@@ -228,10 +252,18 @@ class Reading:
     def _log_path(self, index: int) -> str:
         return f"{self.run_dir}/logs/{index}.log"
 
-    def _warn_once(self, note: str) -> None:
-        if note not in self.warnings:
+    def _warn_once(self, note: str, key: str | None = None) -> None:
+        """Say `note` once for `key` (the note itself by default): a later note of the same
+        key replaces it where it is (e.g. a count of jobs that changed), not logged again."""
+        key = note if key is None else key
+        at = self._warned.get(key)
+        if at is None:
+            if len(self._warned) < MAX_WARNINGS * 10:  # past that, logged each time
+                self._warned[key] = len(self.warnings)
             self.warnings.append(note)
             log.warning("%s", note)
+        elif at < MAX_WARNINGS - 1 and self.warnings[at] != note:
+            self.warnings[at] = note
 
     def _report_bad_lines(self, row: JobRow, w: JobWatch) -> None:
         if w.bad and row.idx not in self._bad_reported:

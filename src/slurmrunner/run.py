@@ -32,11 +32,11 @@ from .backends import Backend, backend_for
 from .chunks import JobWatch
 from .errors import HostError, SlurmRunnerError
 from .pacing import PollPolicy
-from .reading import Reading
+from .reading import Reading, Warnings
 from .results import TaskResult, cancelled
 from .runspec import RunSpec
 from .script import job_name
-from .settling import JOB_OUTPUT_TAIL, Settling
+from .settling import JOB_OUTPUT_TAIL, PendingSeen, Settling, pending_grace_s
 from .store import Store, new_claim
 from .submission import Submission
 from .watcher import Watcher
@@ -93,7 +93,11 @@ class Run(Reading, Settling, Submission, Asking):
         self.poll_policy = poll
         self.backend: Backend = backend_for(spec.profile, spec.local_queue)
         self.calls: Counter[str] = Counter()
-        self.warnings: list[str] = []
+        self.warnings: list[str] = Warnings()  # bounded (reading.MAX_WARNINGS)
+        self._warned: dict[str, int] = {}
+        # Pending reasons that never clear, as seen so far (settling.PendingSeen).
+        self._pending_seen: dict[int, PendingSeen] = {}
+        self._pending_grace_s = pending_grace_s()
         self._watch: dict[int, JobWatch] = {}
         self._bad_reported: set[int] = set()  # jobs whose bad lines were reported
         self._finished = store.finished_indices(run_id)

@@ -3,6 +3,7 @@ in any process (stored with the run). Pure apart from reading the worker's sourc
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -10,7 +11,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from importlib.resources import files
 from typing import Any
 
 from .batching import BatchPlan, PartitionShape, plan_batches
@@ -18,18 +18,72 @@ from .config import SlurmRunnerConfig, TaskResources, merge_resources
 from .errors import BatchingError, ConfigError
 from .profiles import Profile
 from .quoting import cluster_path, local_path
-from .script import JobSpec, check_script_size, render_script
+from .script import JobSpec, check_script_size, render_script, worker_payload
+from .worker_ship import worker_program
 
 CALL_FORMS = ("fractal", "stdin")
 #: Rounds of RunSpec.fit_scripts (each adds jobs in proportion to how far a script is over).
 FIT_ROUNDS = 12
 #: Room kept under max_script_bytes when adding jobs (job sizes differ by their inputs).
 FIT_MARGIN = 0.97
+#: At most this much payload JSON per job (bytes), whatever max_script_bytes lets through once
+#: compressed. The worker holds a job's whole JSON text and parses it at job start, in the
+#: job's memory (--mem) before any task runs: parsed, it takes ~3x (long strings) to ~9x
+#: (paths and small arguments, typical) to ~14x (numbers) its size (CPython 3.11, measured).
+#: Typical inputs compress ~22x, so a 4 MB script could carry ~90 MB of JSON and get the job
+#: OOM-killed, every task reported out_of_memory. 16 MB parsed is ~50-230 MB.
+MAX_PAYLOAD_JSON_BYTES = 16 * 1024 * 1024
+#: ... and at most 1/PAYLOAD_MEM_SHARE of the job's memory when the plan sets it: the parsed
+#: payload (~9x) then keeps to ~30% of it for typical inputs; the tasks need the rest.
+PAYLOAD_MEM_SHARE = 32
+
+
+def payload_json_limit(plan: BatchPlan) -> tuple[int, str]:
+    """The most payload JSON a job of `plan` may carry (bytes), and what sets it (to say so)."""
+    limit, why = MAX_PAYLOAD_JSON_BYTES, f"at most {MAX_PAYLOAD_JSON_BYTES} bytes per job"
+    if plan.mem_per_job_mb:
+        share = plan.mem_per_job_mb * 1024 * 1024 // PAYLOAD_MEM_SHARE
+        if share < limit:
+            limit = share
+            why = f"1/{PAYLOAD_MEM_SHARE} of the job's memory of {plan.mem_per_job_mb}MB"
+    return max(limit, 1), why
+
+
+def _dumps(value: Any) -> str:
+    # As script.render_script writes the payload (ASCII: characters are bytes).
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def payload_json_bytes(job: JobSpec) -> int:
+    """The size of the JSON text a job's worker parses."""
+    return len(_dumps(worker_payload(job)))
+
+
+class _TaskJsonSizes:
+    """A job's payload size without writing its JSON again for every plan tried: the task
+    list is `[t0,t1,...]`, each task written alone as in the whole (script.worker_payload's
+    {"i", "args"}), so a job's size is its payload's without tasks plus its tasks' and commas."""
+
+    def __init__(self, tasks: list[tuple[int, Any]]) -> None:
+        self.start: dict[int, int] = {}  # input index -> position in the prefix sums
+        self.sums = [0]
+        for pos, (i, args) in enumerate(tasks):
+            self.start[i] = pos
+            self.sums.append(self.sums[-1] + len(_dumps({"i": i, "args": args})))
+
+    def job_bytes(self, job: JobSpec) -> int:
+        bare = payload_json_bytes(replace(job, tasks=()))
+        if not job.tasks:
+            return bare
+        first = self.start[job.tasks[0][0]]
+        n = len(job.tasks)
+        return bare + self.sums[first + n] - self.sums[first] + n - 1
 
 
 @cache
 def worker_source() -> str:
-    return files("slurmrunner").joinpath("worker.py").read_text()
+    # The worker is split by responsibility into worker_*.py: the job gets them joined.
+    return worker_program()
 
 
 def new_run_id() -> str:
@@ -126,51 +180,77 @@ class RunSpec:
 
     def fit_scripts(self, tasks: list[tuple[int, Any]]) -> RunSpec:
         """This spec for `tasks`, with as many jobs as keep every job's script within
-        max_script_bytes (up to max_num_jobs): every script is rendered and measured, so a run
-        that passes is one whose jobs all fit, the partition's time limit included (the plan
-        checks it). BatchingError or ConfigError, with the numbers, before anything exists."""
+        max_script_bytes and its payload's JSON within payload_json_limit (up to max_num_jobs):
+        every job is rendered and measured, so a run that passes is one whose jobs all fit,
+        the partition's time limit included (the plan checks it). BatchingError or
+        ConfigError, with the numbers, before anything exists."""
         spec = replace(self, n_tasks=len(tasks))
-        limit = self.config.max_script_bytes
+        script_limit = self.config.max_script_bytes
         limits = self.config.batching_config
         explicit = merge_resources(self.config, self.resources).tasks_per_job is not None
         source = worker_source()
+        json_sizes = _TaskJsonSizes(tasks)
         for _ in range(FIT_ROUNDS):
             plan = spec.plan
+            json_limit, json_why = payload_json_limit(plan)
             over = None
             for job in spec.jobs(tasks):
+                # The JSON first: when it is over, the script (compressing it) is not needed.
+                size = json_sizes.job_bytes(job)
+                if size > json_limit:
+                    over = (job, size, True)
+                    break
                 size = len(render_script(job, source).encode())
-                if size > limit:
-                    over = (job, size)
+                if size > script_limit:
+                    over = (job, size, False)
                     break
             if over is None:
                 return spec
-            job, size = over
+            job, size, is_json = over
+            if is_json:
+                limit = json_limit
+                what = f"{size} bytes of payload JSON"
+                bound = f"the {json_limit} bytes of JSON a job may carry ({json_why})"
+                bare = payload_json_bytes(replace(job, tasks=()))
+                by_mem = json_limit < MAX_PAYLOAD_JSON_BYTES
+                remedy = "max_num_jobs or the task's mem" if by_mem else "max_num_jobs"
+            else:
+                limit = script_limit
+                what = f"a job script of {size} bytes"
+                bound = f"max_script_bytes={script_limit} (SLURM's default limit is 4 MB)"
+                bare = len(render_script(replace(job, tasks=()), source).encode())
+                remedy = "max_num_jobs or max_script_bytes"
             if explicit:
-                check_script_size(render_script(job, source), limit, job.job_index)
+                if not is_json:
+                    check_script_size(render_script(job, source), script_limit, job.job_index)
+                raise ConfigError(
+                    f"job {job.job_index} makes {what}, over {bound}: give fewer inputs per "
+                    "job (resources.tasks_per_job, or none: the plan then splits the jobs "
+                    "itself) or smaller arguments"
+                )
             if len(job.tasks) == 1:
                 raise ConfigError(
-                    f"inputs[{job.tasks[0][0]}] alone makes a job script of {size} bytes, over "
-                    f"max_script_bytes={limit} (SLURM's default limit is 4 MB): give smaller "
-                    "arguments"
+                    f"inputs[{job.tasks[0][0]}] alone makes {what}, over {bound}: give "
+                    "smaller arguments"
                 )
-            bare = len(render_script(replace(job, tasks=()), source).encode())
             room = max(limit * FIT_MARGIN - bare, 1.0)
             need = math.ceil(plan.num_jobs * (size - bare) / room)
             need = min(max(need, plan.num_jobs + 1), spec.n_tasks)
             if need > limits.max_num_jobs:
                 if plan.num_jobs >= limits.max_num_jobs:
                     raise BatchingError(
-                        f"{spec.n_tasks} tasks in {plan.num_jobs} jobs make scripts over "
-                        f"max_script_bytes={limit} (job {job.job_index}: {size} bytes for "
-                        f"{len(job.tasks)} inputs); about {need} jobs would be needed, over "
-                        f"batching_config.max_num_jobs={limits.max_num_jobs}: raise "
-                        "max_num_jobs or max_script_bytes, or give smaller arguments"
+                        f"{spec.n_tasks} tasks in {plan.num_jobs} jobs are over {bound} (job "
+                        f"{job.job_index}: {what} for {len(job.tasks)} inputs); about {need} "
+                        f"jobs would be needed, over batching_config.max_num_jobs="
+                        f"{limits.max_num_jobs}: raise {remedy}, or give smaller arguments"
                     )
                 need = limits.max_num_jobs  # the last try: as many jobs as allowed
             spec = replace(spec, min_jobs=need)
         raise BatchingError(
-            f"no plan of at most {limits.max_num_jobs} jobs keeps every script of these "
-            f"{spec.n_tasks} tasks within max_script_bytes={limit}"
+            f"no plan of at most {limits.max_num_jobs} jobs keeps every job of these "
+            f"{spec.n_tasks} tasks within max_script_bytes={script_limit} and its payload "
+            f"within {MAX_PAYLOAD_JSON_BYTES} bytes of JSON (and 1/{PAYLOAD_MEM_SHARE} of the "
+            "job's memory)"
         )
 
     def exports(self) -> dict[str, str]:

@@ -8,21 +8,26 @@ interruption) is held until that word is in.
 
 A job that can never start is not waited for: when squeue says a job is PENDING for a reason
 that never clears (jobstate.NEVER_CLEARS: PartitionTimeLimit, QOSMaxWallDurationPerJobLimit,
-...), its tasks fail with that reason (cause `unschedulable`), the run's other jobs are
-cancelled and the run is failed, saying why. A reason that may not clear (ReqNodeNotAvail, a
-hold, a partition down) is a warning, said once, and the run waits on.
+...) in polls spanning PENDING_GRACE_S (at least PENDING_MIN_LOOKS of them), its tasks fail
+with that reason (cause `unschedulable`), the run's other jobs are cancelled and the run is
+failed, saying why; until then it is a warning. A reason that may not clear (ReqNodeNotAvail,
+a hold, a partition down) is a warning, and the run waits on. Pending warnings are one per
+reason, counting the jobs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .chunks import JobWatch
 from .errors import HostError
-from .jobstate import JobState, pending_verdict
+from .jobstate import JobState, pending_verdict, reason_name
 from .results import TaskError, TaskResult, from_record, without_record
 from .store import JobRow, Store
 
@@ -33,6 +38,44 @@ log = logging.getLogger("slurmrunner")
 
 #: What of a job's output (jobs/K.out) is kept to explain a task without a record.
 JOB_OUTPUT_TAIL = 2048
+#: A pending reason that "never clears" fails the run only when seen for the same job in polls
+#: at least this many seconds apart (and in at least PENDING_MIN_LOOKS polls): InvalidAccount
+#: and InvalidQOS show for a while after an association change or a slurmdbd reconnect,
+#: BadConstraints while the nodes with the feature are down. $SLURMRUNNER_PENDING_GRACE_S,
+#: read when a Run is made, sets another (the rig's tests).
+PENDING_GRACE_S = 60.0
+PENDING_MIN_LOOKS = 2
+PENDING_GRACE_ENV = "SLURMRUNNER_PENDING_GRACE_S"
+_clock = time.monotonic  # the tests' to move
+
+
+def pending_grace_s() -> float:
+    """PENDING_GRACE_S, or $SLURMRUNNER_PENDING_GRACE_S when it is a number of seconds."""
+    text = os.environ.get(PENDING_GRACE_ENV, "").strip()
+    if not text:
+        return PENDING_GRACE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        log.warning(
+            "%s=%r is not a number of seconds: %g is used", PENDING_GRACE_ENV, text, PENDING_GRACE_S
+        )
+        return PENDING_GRACE_S
+    return value
+
+
+@dataclass
+class PendingSeen:
+    """A job seen pending for a reason that never clears: since when, in how many polls. Kept
+    in the Run, in memory only: a process that reattaches starts counting again (the run
+    then fails a grace later, never sooner)."""
+
+    job_id: str | None
+    reason: str  # its name (jobstate.reason_name)
+    first: float  # _clock()
+    looks: int = 0
 
 
 class Settling:
@@ -45,6 +88,8 @@ class Settling:
     _finished: set[int]
     _retry_submit_at: float | None
     _closed: bool
+    _pending_seen: dict[int, PendingSeen]  # job index -> since when (see PendingSeen)
+    _pending_grace_s: float
 
     if TYPE_CHECKING:  # defined by Run, Reading and Submission
         backend: Backend
@@ -60,7 +105,7 @@ class Settling:
 
         def _user(self, argv: list[str], check: bool = False, **kw: Any) -> Any: ...
 
-        def _warn_once(self, note: str) -> None: ...
+        def _warn_once(self, note: str, key: str | None = None) -> None: ...
 
         def _finish(self, state: str, message: str | None = None) -> None: ...
 
@@ -79,22 +124,36 @@ class Settling:
         return changed
 
     def _check_pending(self, rows: list[JobRow], states: dict[str, JobState]) -> bool:
-        """Warn of a pending reason that may never clear; fail the run on one that never
-        does (see the module's doc). Returns whether the run was failed."""
+        """Warn of a pending reason that may never clear, or that never does but was not seen
+        long enough yet; fail the run on one that never does (see the module's doc). Returns
+        whether the run was failed."""
+        now = _clock()
         never: list[tuple[JobRow, str, str]] = []
+        notes: dict[tuple[str, str], list[tuple[JobRow, str]]] = {}
         for row in rows:
             st = states.get(row.job_id or "")
-            verdict = pending_verdict(st) if st is not None else None
+            if st is None:
+                continue  # not in this answer: as it was
+            verdict = pending_verdict(st)
+            name = reason_name(st.reason)
+            seen = self._pending_seen.get(row.idx)
+            if verdict is None or verdict[0] != "fail":
+                self._pending_seen.pop(row.idx, None)
+            elif seen is None or (seen.job_id, seen.reason) != (row.job_id, name):
+                seen = self._pending_seen[row.idx] = PendingSeen(row.job_id, name, now)
             if verdict is None:
                 continue
             kind, why = verdict
-            reason = st.reason.strip() if st is not None else ""
             if kind == "fail":
-                never.append((row, reason, why))
-            else:
-                self._warn_once(
-                    f"job {row.idx} ({row.job_id}) is pending: {reason} ({why}); it may never start"
-                )
+                assert seen is not None
+                seen.looks += 1
+                if seen.looks >= PENDING_MIN_LOOKS and now - seen.first >= self._pending_grace_s:
+                    never.append((row, st.reason.strip(), why))
+                    continue
+            notes.setdefault((kind, name), []).append((row, why))
+        for (kind, name), pending in notes.items():
+            note = _pending_note(kind, name, pending, self._pending_grace_s)
+            self._warn_once(note, key=f"pending: {name}")
         if not never:
             return False
         row, reason, why = never[0]
@@ -187,6 +246,19 @@ class Settling:
         if getattr(result, "stdout_dropped", 0) and "\n" in text:
             text = text.split("\n", 1)[1]  # no half line at the top
         return text
+
+
+def _pending_note(kind: str, name: str, jobs: list[tuple[JobRow, str]], grace: float) -> str:
+    """One warning for every job pending for `name` (the count, the first job named)."""
+    row, why = jobs[0]
+    first = f"job {row.idx} ({row.job_id})"
+    one = len(jobs) == 1
+    who = f"{first} is" if one else f"{len(jobs)} jobs ({first}, ...) are"
+    if kind == "warn":
+        then = "it may never start" if one else "they may never start"
+    else:
+        then = f"the run fails if this is still so after {grace:g} s"
+    return f"{who} pending: {name} ({why}); {then}"
 
 
 def _unschedulable(index: int, job_id: str | None, reason: str, why: str) -> TaskResult:

@@ -165,7 +165,10 @@ def parse_sinfo(stdout: str, partition: str | None) -> PartitionShape | None:
         nodes[key] = nodes.get(key, 0) + int(count)
         if limit not in ("infinite", "UNLIMITED", "n/a"):
             try:
-                max_time = parse_time_minutes(limit)
+                # A bound for the plan: whole minutes within it (rounded down). Under a
+                # minute stays 1, the least a job can ask for (it then waits for ever and the
+                # run fails on PartitionTimeLimit, saying why).
+                max_time = max(1, parse_time_minutes(limit, round_up=False))
             except ValueError:
                 max_time = None
     if not found or not nodes:

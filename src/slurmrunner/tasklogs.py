@@ -43,6 +43,12 @@ def log_path(spec: RunSpec, index: int) -> str:
     return f"{spec.run_dir}/logs/{index}.log"
 
 
+def empty_log(spec: RunSpec, index: int) -> LogTail:
+    """The log of a task that finished without writing a byte: the worker keeps no file for
+    it (worker_files.py), so a finished task with no file wrote nothing."""
+    return LogTail(log_path(spec, index), b"", 0)
+
+
 def read_log(
     spec: RunSpec,
     user_host: Host,

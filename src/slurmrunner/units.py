@@ -29,8 +29,10 @@ def parse_memory_mb(value: Any) -> int:
     return mb
 
 
-def parse_time_minutes(value: str) -> int:
-    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) to whole minutes, rounded up."""
+def parse_time_minutes(value: str, *, round_up: bool = True) -> int:
+    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) to whole minutes: rounded up
+    (a time asked for: less would cut the task short), or down with `round_up=False` (a limit
+    to stay within: a MaxTime of 2-00:00:30 allows 2880 whole minutes, not 2881)."""
     m = _TIME_RE.match(value.strip())
     if not m:
         raise ValueError(
@@ -49,7 +51,7 @@ def parse_time_minutes(value: str) -> int:
         total_s = (parts[0] * 60 + parts[1]) * 60 + parts[2]
     if total_s <= 0:
         raise ValueError(f"time must be positive, got {value!r}")
-    return -(-total_s // 60)
+    return -(-total_s // 60) if round_up else total_s // 60
 
 
 def format_time_minutes(minutes: int) -> str:

@@ -91,9 +91,14 @@ def test_a_plan_that_cannot_fit_is_refused_before_any_sbatch(srv: Srv, short: st
     assert results == [] and jobs_since(before) == set()
 
 
-def test_a_job_that_can_never_start_fails_its_run(srv: Srv, short: str) -> None:
+def test_a_job_that_can_never_start_fails_its_run(
+    srv: Srv, short: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The node is taken by a job of root's, so the run's job waits; then the partition's
     # limit drops under the job's time: SLURM says PartitionTimeLimit, which never clears.
+    # The run fails once the reason has held for the grace (60 s unless told: 10 s here).
+    env = srv.env()
+    monkeypatch.setattr(srv, "env", lambda: {**env, "SLURMRUNNER_PENDING_GRACE_S": "10"})
     sbatch = ["sbatch", "--parsable", "-p", SHORT, "--exclusive", "-t", "5", "-o", "/dev/null"]
     blocker = subprocess.run(
         [*sbatch, "--wrap", "sleep 300"],
@@ -115,9 +120,12 @@ def test_a_job_that_can_never_start_fails_its_run(srv: Srv, short: str) -> None:
         (job,) = wait_for(lambda: jobs_since(before), 60, "the run's job")
         assert "PENDING" in squeue(f"--jobs={job}", "--format=%T")
         _scontrol("update", f"PartitionName={SHORT}", "MaxTime=00:02:00")
-        code, _, err = run.wait(120)
+        code, _, err = run.wait(180)
         flat = " ".join(err.split())
         assert code == 1, err
+        # a warning first: the reason had to hold for the grace
+        assert re.search(rf"job 0 \({job}\) is pending: PartitionTimeLimit", flat), flat
+        assert "the run fails if this is still so after 10 s" in flat
         assert re.search(rf"job 0 \({job}\) can never start: PartitionTimeLimit", flat), flat
         assert "unschedulable" in flat
         assert squeue(f"--jobs={job}", "--format=%T").split() == ["CANCELLED"]

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import SlurmRunnerError
-from ..tasklogs import LogUnreadable, log_path, read_log
+from ..tasklogs import LogUnreadable, empty_log, log_path, read_log
 from .inputs import attach, check_results_path, open_store
 from .options import JsonOpt, ResultsOpt, RunArg, ServerOpt, StoreOpt, TokenOpt
 from .output import fail, status_dict, summary, write_json, write_log, write_results
@@ -97,6 +97,8 @@ def logs(
         )
     except LogUnreadable as exc:
         fail(str(exc), 1)
+    if got is None and attached.store.result(attached.id, index) is not None:
+        got = empty_log(attached.spec, index)
     if got is None:
         fail(f"task {index} has no log (yet): {log_path(attached.spec, index)}", 1)
     write_log(got, tail, "--all for the whole log")

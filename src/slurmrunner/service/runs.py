@@ -23,7 +23,7 @@ from ..runner import Runner
 from ..runspec import RunSpec
 from ..store import RunRow, Store
 from ..store_queries import StatusFilter
-from ..tasklogs import LogTail, read_log
+from ..tasklogs import LogTail, empty_log, read_log
 from .auth import Caller
 from .checks import core_profile
 from .errors import ClusterUnavailable, Conflict, Invalid, NotFound, ServiceBusy
@@ -252,6 +252,8 @@ def task_log(
         )
     finally:
         _log_reads.release()
+    if found is None and store.result(row.id, index) is not None:
+        return empty_log(spec, index)
     if found is None:
         raise NotFound(f"task {index} has no log (yet)")
     return found
