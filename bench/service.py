@@ -134,8 +134,7 @@ def make_users(admin: Http) -> dict[str, Http]:
 
 
 def cycles_cpu(admin: Http) -> float:
-    """The process's CPU during watcher cycles so far (/metrics): Python names no OS
-    thread, so the watcher's own share cannot be read from /proc."""
+    """The watcher thread's own CPU so far (/metrics: time.thread_time over its cycles)."""
     return sum(metric(metrics(admin.call("GET", "/metrics")[1].decode()), CYCLES_CPU))
 
 
@@ -279,7 +278,7 @@ ROWS = [  # (label, key, digits), service figures; the floor has wall, jobs and 
     ("sbatch / sacct calls", ("sbatch_total", "sacct_total"), 0),
     ("server CPU s (the serve process, every thread)", "cpu_s", 2),
     ("server CPU ms per task", "cpu_ms_per_task", 3),
-    ("of which during watcher cycles (every thread's), s", "cycles_cpu_s", 2),
+    ("of which the watcher thread's own, s", "cycles_cpu_s", 2),
     ("its children's CPU s (sudo, sbatch, cat, ...)", "cpu_children_s", 2),
     (
         "API GET latency during the load, p50 / p99 / max ms",
