@@ -23,7 +23,7 @@ process (the tests make many) count apart. Values are read when scraped:
                                                          (the "one squeue per cycle" claim)
   slurmrunner_watcher_cycles_total              counter
   slurmrunner_watcher_cycle_seconds             histogram  each cycle's duration
-  slurmrunner_watcher_cpu_seconds_total         counter this process's CPU during cycles
+  slurmrunner_watcher_cpu_seconds_total         counter the watcher thread's own CPU
   slurmrunner_watcher_run_errors_total          counter run steps that failed (retried)
   slurmrunner_watcher_shared_cat_fallbacks_total{group}  counter
   slurmrunner_http_request_duration_seconds{method,route}  histogram  to the last byte
@@ -293,7 +293,7 @@ class _ServiceCollector(Collector):
         yield _counter("slurmrunner_watcher_cycles", "Watcher cycles.", snap["cycles"])
         yield _counter(
             "slurmrunner_watcher_cpu_seconds",
-            "CPU of this process (every thread) during watcher cycles.",
+            "CPU of the watcher thread itself (its cycles).",
             snap["cpu_s_total"],
         )
         yield _counter(
