@@ -21,7 +21,7 @@ CallKey = tuple[str, str]  # (kind, group)
 class CycleStats:
     started: float  # the watcher's clock
     duration_s: float
-    cpu_s: float  # this process's CPU during the cycle (every thread's)
+    cpu_s: float  # the watcher thread's own CPU during the cycle (time.thread_time)
     runs: int  # runs stepped
     calls: Counter[CallKey] = field(default_factory=Counter)
     errors: int = 0  # run steps that failed
