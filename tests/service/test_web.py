@@ -5,35 +5,22 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
-from typing import Any
 
-import pytest
-
-from slurmrunner.service.app import create_app
 from slurmrunner.service.web import run_pages
 from slurmrunner.service.web.session import LOGIN_COOKIE, SESSION_COOKIE
-from tests.service import test_runs
+from tests.service import test_runs, web_fixtures
 from tests.service.conftest import TestClient
-from tests.service.test_runs import FAST, post_run, wait_done
+from tests.service.test_runs import post_run, wait_done
+
+# The web tests' fixtures (web_fixtures.py), by name.
+app = web_fixtures.app
+_own_state = web_fixtures._own_state
 
 # The run tests' fixtures, by name: a `local` Resource and users with a Profile on it.
 local_resource = test_runs.local_resource
 with_profile = test_runs.with_profile
 
 SLEEPY = [sys.executable, "-c", "import time; time.sleep(60)"]
-
-
-@pytest.fixture
-def app(db_url: str) -> Any:
-    return create_app(db_url, poll=FAST)
-
-
-@pytest.fixture(autouse=True)
-def _own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This test's own local queue and web secret."""
-    monkeypatch.setenv("SLURMRUNNER_LOCAL_QUEUE", str(tmp_path / "queue.sqlite"))
-    monkeypatch.setenv("SLURMRUNNER_STATE_DIR", str(tmp_path / "state"))
 
 
 def _csrf(html: str) -> str:

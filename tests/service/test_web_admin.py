@@ -4,27 +4,14 @@ every form, the API's own checks with their errors beside the fields, a token sh
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
 
-import pytest
-
-from slurmrunner.service.app import create_app
+from tests.service import web_fixtures
 from tests.service.conftest import TestClient
-from tests.service.test_runs import FAST
 from tests.service.test_web import _csrf, sign_in
 
-
-@pytest.fixture
-def app(db_url: str) -> Any:
-    return create_app(db_url, poll=FAST)
-
-
-@pytest.fixture(autouse=True)
-def _own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SLURMRUNNER_LOCAL_QUEUE", str(tmp_path / "queue.sqlite"))
-    monkeypatch.setenv("SLURMRUNNER_STATE_DIR", str(tmp_path / "state"))
-
+# The web tests' fixtures (web_fixtures.py), by name.
+app = web_fixtures.app
+_own_state = web_fixtures._own_state
 
 ADMIN_PAGES = [
     "/web/admin/users",

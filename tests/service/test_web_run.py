@@ -7,17 +7,19 @@ from __future__ import annotations
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from slurmrunner.results import TaskError, TaskResult
-from slurmrunner.service.app import create_app
 from slurmrunner.service.web import queries, timeline
-from tests.service import test_runs
-from tests.service.test_runs import FAST, post_run, wait_done
+from tests.service import test_runs, web_fixtures
+from tests.service.test_runs import post_run, wait_done
 from tests.service.test_web import sign_in
+
+# The web tests' fixtures (web_fixtures.py), by name.
+app = web_fixtures.app
+_own_state = web_fixtures._own_state
 
 local_resource = test_runs.local_resource
 with_profile = test_runs.with_profile
@@ -28,17 +30,6 @@ HOSTILE = [
     "-c",
     "import sys; print('<script>alert(1)</script> & <b>'); sys.exit(4)",
 ]
-
-
-@pytest.fixture
-def app(db_url: str) -> Any:
-    return create_app(db_url, poll=FAST)
-
-
-@pytest.fixture(autouse=True)
-def _own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SLURMRUNNER_LOCAL_QUEUE", str(tmp_path / "queue.sqlite"))
-    monkeypatch.setenv("SLURMRUNNER_STATE_DIR", str(tmp_path / "state"))
 
 
 def test_tasks_table_sorts_filters_and_pages(client, with_profile):
