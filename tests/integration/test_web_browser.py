@@ -44,7 +44,7 @@ else:
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 
-from .browser import CHROMEDRIVER, CHROMIUM, Browser, png_size, wait_until
+from .browser import CHROMEDRIVER, CHROMIUM, HEIGHT, WIDTH, Browser, png_size, wait_until
 
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="SLURMRUNNER_TEST_PG_URL not set (scripts/test sets it after pg-up)"
@@ -336,6 +336,27 @@ def test_runs_page_lists_alices_runs_newest_first(web: Web, live: LiveRun, big_r
     assert len(rows) == 2, rows
     assert big_run in rows[0] and live.run_id in rows[1], rows
     browser.screenshot(SCREENSHOTS / "runs.png", max_height=700)
+
+
+def test_pages_fit_a_phone_width_screen(web: Web, live: LiveRun) -> None:
+    """390 px wide (a phone): no page scrolls sideways as a whole (wide tables scroll in their
+    own box), and the run's state and progress bar are in view."""
+    browser = web.browser
+    browser.sign_in(web.tokens["alice"])
+    browser.driver.set_window_size(390, 844)
+    try:
+        for path in ("/web/runs", f"/web/runs/{live.run_id}", f"/web/runs/{live.run_id}/timeline"):
+            browser.go(path)
+            browser.navigation()
+            overflow = browser.js(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 1, (path, overflow)
+        browser.go(f"/web/runs/{live.run_id}")
+        bar = browser.css("#run-progress-bar")
+        assert bar.is_displayed() and bar.size["width"] <= 390
+    finally:
+        browser.driver.set_window_size(WIDTH, HEIGHT)
 
 
 def test_bob_cannot_open_alices_run_page(web: Web, live: LiveRun) -> None:
