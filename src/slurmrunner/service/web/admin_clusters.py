@@ -13,7 +13,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,7 @@ from ..models import RESOURCE_TYPES, Profile, Resource
 from ..schemas.clusters import ProfileCreate, ProfileUpdate, ResourceCreate, ResourceUpdate
 from ..schemas.common import MAX_ID
 from . import views
-from .forms import AdminFormFields, FormFields, Problems, checkbox, optional, problems_of
+from .forms import AdminFormFields, FormFields, Problems, checkbox, optional, problems_of, see_other
 from .session import PageNotFound, WebSession, check_csrf, current_admin
 
 router = APIRouter(prefix="/web/admin", include_in_schema=False)
@@ -49,10 +49,6 @@ PROFILE_FIELDS = (
     "known_hosts",
 )
 CONFIG = "jobs_runner_config"
-
-
-def _see_other(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
 
 
 def _found(get: Any, db: Session, item_id: int) -> Any:
@@ -149,7 +145,7 @@ def _save_resource(
                     resource = clusters.create_resource(db, ResourceCreate.model_validate(data))
                 else:
                     clusters.update_resource(db, resource, ResourceUpdate.model_validate(data))
-                return _see_other(f"/web/admin/resources/{resource.id}?saved=1")
+                return see_other(f"/web/admin/resources/{resource.id}?saved=1")
             except (ValidationError, ServiceError) as exc:
                 db.rollback()
                 problems = problems_of(exc, RESOURCE_FIELDS)
@@ -234,7 +230,7 @@ def _save_profile(
                 profile = clusters.create_profile(db, ProfileCreate.model_validate(data))
             else:
                 clusters.update_profile(db, profile, ProfileUpdate.model_validate(data))
-            return _see_other(f"/web/admin/profiles/{profile.id}?saved=1")
+            return see_other(f"/web/admin/profiles/{profile.id}?saved=1")
         except (ValidationError, ServiceError) as exc:
             db.rollback()
             problems = problems_of(exc, PROFILE_FIELDS)

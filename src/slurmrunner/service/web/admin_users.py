@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -21,17 +21,13 @@ from ..models import User
 from ..schemas.common import MAX_ID
 from ..schemas.users import TokenCreate, UserCreate, UserUpdate
 from . import views
-from .forms import FormFields, Problems, checkbox, problems_of
+from .forms import FormFields, Problems, checkbox, problems_of, see_other
 from .session import PageNotFound, WebSession, check_csrf, current_admin
 
 router = APIRouter(prefix="/web/admin/users", include_in_schema=False)
 Admin = Annotated[WebSession, Depends(current_admin)]
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 USER_FIELDS = ("email", "is_superuser", "is_active", "profile_id")
-
-
-def _see_other(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
 
 
 def _user(db: Session, user_id: int) -> User:
@@ -89,7 +85,7 @@ def create_user(request: Request, session: Admin, form: FormFields) -> Response:
             user = accounts.create_user(db, UserCreate.model_validate(values))
         except (ValidationError, ServiceError) as exc:
             return _list_page(request, session, db, values, problems_of(exc, USER_FIELDS), 422)
-        return _see_other(f"/web/admin/users/{user.id}")
+        return see_other(f"/web/admin/users/{user.id}")
 
 
 def _user_page(
@@ -137,7 +133,7 @@ def update_user(request: Request, session: Admin, user_id: Id, form: FormFields)
             db.rollback()
             problems = problems_of(exc, USER_FIELDS)
             return _user_page(request, session, db, user, problems, 422)
-        return _see_other(f"/web/admin/users/{user.id}?saved=1")
+        return see_other(f"/web/admin/users/{user.id}?saved=1")
 
 
 @router.post("/{user_id}/tokens", response_class=HTMLResponse)
@@ -165,4 +161,4 @@ def revoke_token(
             accounts.revoke_token(db, accounts.get_token(db, user, token_id))
         except NotFound as exc:
             raise PageNotFound(str(exc)) from None
-    return _see_other(f"/web/admin/users/{user_id}#tokens")
+    return see_other(f"/web/admin/users/{user_id}#tokens")

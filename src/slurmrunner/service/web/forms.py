@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, Request
+from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from ..errors import Invalid, ServiceError
@@ -57,6 +58,12 @@ async def _admin_form(request: Request) -> dict[str, str]:
 # database, a scancel over SSH) never stalls every other request, as in an async handler.
 FormFields = Annotated[dict[str, str], Depends(_form)]
 AdminFormFields = Annotated[dict[str, str], Depends(_admin_form)]
+
+
+def see_other(url: str) -> RedirectResponse:
+    """A form's answer: 303, so the browser follows it with a GET (a reload sends no form
+    twice)."""
+    return RedirectResponse(url, status_code=303)
 
 
 def optional(form: dict[str, str], *names: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from ..auth import Refusal
 from ..schemas.runs import RunState
 from . import views
-from .forms import FormFields
+from .forms import FormFields, see_other
 from .session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -28,14 +28,9 @@ Signed = Annotated[WebSession, Depends(current_session)]
 RUNS_SHOWN = 100
 
 
-def _see_other(url: str) -> RedirectResponse:
-    # 303: the browser follows a POST's answer with a GET (no form sent twice on reload).
-    return RedirectResponse(url, status_code=303)
-
-
 @router.get("", include_in_schema=False)
 def home() -> RedirectResponse:
-    return _see_other("/web/runs")
+    return see_other("/web/runs")
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -59,7 +54,7 @@ def login(request: Request, form: FormFields) -> Response:
     if isinstance(found, Refusal):
         return _login_form(request, found.value, 401)
     value, _ = found
-    response = _see_other("/web/runs")
+    response = see_other("/web/runs")
     response.set_cookie(SESSION_COOKIE, value, max_age=12 * 3600, **cookie_flags(request))  # type: ignore[arg-type]
     response.delete_cookie(LOGIN_COOKIE, path="/web")
     return response
@@ -68,7 +63,7 @@ def login(request: Request, form: FormFields) -> Response:
 @router.post("/logout")
 def logout(request: Request, session: Signed, form: FormFields) -> Response:
     check_csrf(session.csrf, form.get("csrf"))
-    response = _see_other("/web/login")
+    response = see_other("/web/login")
     response.delete_cookie(SESSION_COOKIE, path="/web")
     return response
 

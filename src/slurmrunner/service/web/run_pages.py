@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from ...store import JobRow, RunRow, Store
 from ...tasklogs import LogUnreadable
@@ -24,7 +24,7 @@ from ..runs import cancel_run, owned_run, run_read, task_log
 from ..schemas.common import MAX_ID
 from ..schemas.runs import MAX_LOG_BYTES
 from . import charts, queries, scripts, timeline, views
-from .forms import FormFields
+from .forms import FormFields, see_other
 from .session import PageNotFound, WebSession, check_csrf, current_session
 
 router = APIRouter(prefix="/web/runs", include_in_schema=False)
@@ -288,4 +288,4 @@ def cancel(request: Request, session: Signed, run_id: str, form: FormFields) -> 
     store = views.store_of(request)
     row = _owned(request, session, run_id)
     cancel_run(store, request.app.state.watching, session.user, row)
-    return RedirectResponse(f"/web/runs/{row.id}", status_code=303)
+    return see_other(f"/web/runs/{row.id}")

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from ...results import TaskResult
 from ...store import RunRow, Store
 from ..models import Resource, User
-from ..runs import run_read, stored_spec
+from ..runs import run_reads, stored_spec
 from . import charts
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -103,8 +103,7 @@ def run_lines(store: Store, db: Session, rows: list[RunRow]) -> list[RunLine]:
     users = _names(db, User, User.email, {r.user_id for r in rows})
     now = time.time()
     lines = []
-    for row in rows:
-        read = run_read(store, row)
+    for row, read in zip(rows, run_reads(store, rows), strict=True):
         lines.append(
             RunLine(
                 id=row.id,
