@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,8 @@ from selenium.common.exceptions import NoSuchElementException, StaleElementRefer
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
+
+from .conftest import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -82,7 +82,7 @@ class Browser:
         self.go("/web/login")
         self.css("#token").send_keys(token)
         self.css("form[action='/web/login'] button[type=submit]").click()
-        wait_until(lambda: self.path.startswith("/web/runs"), 30, f"the runs page ({self.path})")
+        wait_for(lambda: self.path.startswith("/web/runs"), 30, f"the runs page ({self.path})")
 
     def css(self, selector: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, selector)
@@ -108,7 +108,7 @@ class Browser:
 
     def navigation(self) -> dict[str, Any]:
         """The page's Navigation Timing entry (PerformanceNavigationTiming), once loaded."""
-        wait_until(
+        wait_for(
             lambda: self.js(
                 "const e = performance.getEntriesByType('navigation')[0];"
                 "return e !== undefined && e.loadEventEnd > 0"
@@ -147,18 +147,6 @@ class Browser:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return len(data)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
-    """Poll `predicate` until it returns something true (returned); fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(step)
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import CONFIG, PYTHON, REPO, SERVER, SHARED, TASK
+from .conftest import CONFIG, PYTHON, REPO, SERVER, SHARED, TASK, wait_for
 from .service_rig import (
     FINISHED,
     PG_URL,
@@ -44,7 +44,7 @@ else:
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 
-from .browser import CHROMEDRIVER, CHROMIUM, HEIGHT, WIDTH, Browser, png_size, wait_until
+from .browser import CHROMEDRIVER, CHROMIUM, HEIGHT, WIDTH, Browser, png_size
 
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="SLURMRUNNER_TEST_PG_URL not set (scripts/test sets it after pg-up)"
@@ -183,7 +183,7 @@ def live(web: Web) -> LiveRun:
             seen.append(now)
         return now is not None and now.state in FINISHED
 
-    wait_until(ended, 240, f"run {run_id}'s page to show it ended (seen: {seen})", step=0.25)
+    wait_for(ended, 240, f"run {run_id}'s page to show it ended (seen: {seen})", step=0.25)
     took = time.monotonic() - started
     print(f"run {run_id}: the page showed, in {took:.1f}s: " + " | ".join(
         f"{s.state} {s.finished} [{s.bar}]" for s in seen
@@ -215,7 +215,7 @@ def test_a_failed_task_shows_its_cause_and_log_tail(web: Web, live: LiveRun) -> 
     link = browser.all("#final-page-link")
     if link and browser.path == f"/web/runs/{live.run_id}":
         link[0].click()
-        wait_until(lambda: browser.js("return document.readyState") == "complete", 30, "the page")
+        wait_for(lambda: browser.js("return document.readyState") == "complete", 30, "the page")
     else:
         browser.go(f"/web/runs/{live.run_id}")
     for summary in browser.all("details.cause:not([open]) > summary"):
@@ -238,7 +238,7 @@ def test_a_failed_task_shows_its_cause_and_log_tail(web: Web, live: LiveRun) -> 
 
     # The whole log, one click away.
     browser.css("#failure-3-log").click()
-    wait_until(lambda: browser.path.endswith("/tasks/3/log"), 30, "task 3's log page")
+    wait_for(lambda: browser.path.endswith("/tasks/3/log"), 30, "task 3's log page")
     assert browser.status() == 200
     assert "exit_code" in browser.text("main"), browser.text("main")
     log = browser.text("pre.log")
@@ -249,7 +249,7 @@ def test_the_timeline_shows_every_job_and_task(web: Web, live: LiveRun) -> None:
     browser = web.browser
     browser.go(f"/web/runs/{live.run_id}")
     browser.css("#timeline-link").click()
-    wait_until(lambda: browser.path.endswith("/timeline"), 30, "the timeline page")
+    wait_for(lambda: browser.path.endswith("/timeline"), 30, "the timeline page")
     assert browser.status() == 200
     chart = browser.css("#timeline-chart")
     assert chart.is_displayed()
@@ -387,7 +387,7 @@ def test_an_admin_creates_a_profile_and_a_user_who_signs_in(web: Web) -> None:
     browser.sign_in(web.tokens["admin"])
     browser.css("#nav-profiles").click()
     browser.css("#new-profile").click()
-    wait_until(lambda: browser.path == "/web/admin/profiles/new", 30, "the new Profile form")
+    wait_for(lambda: browser.path == "/web/admin/profiles/new", 30, "the new Profile form")
     fill(browser, {
         "name": f"p-{user}",
         "resource_id": "rig (slurm_sudo)",
@@ -395,22 +395,22 @@ def test_an_admin_creates_a_profile_and_a_user_who_signs_in(web: Web) -> None:
         "jobs_remote_dir": f"/home/{user}/web-rig",
     })  # fmt: skip
     browser.css("#profile-submit").click()
-    wait_until(lambda: "saved=1" in browser.path, 30, f"the saved Profile ({browser.path})")
+    wait_for(lambda: "saved=1" in browser.path, 30, f"the saved Profile ({browser.path})")
     (profile,) = [p for p in web.admin.ok("/api/v1/admin/profiles") if p["name"] == f"p-{user}"]
     assert (profile["username"], profile["resource_id"]) == (user, web.resource_id), profile
 
     browser.css("#nav-users").click()
-    wait_until(lambda: browser.path == "/web/admin/users", 30, "the users page")
+    wait_for(lambda: browser.path == "/web/admin/users", 30, "the users page")
     fill(browser, {"email": f"{user}@rig.test", "profile_id": f"p-{user} (on rig)"})
     browser.css("#create-user-submit").click()
-    wait_until(lambda: browser.all("#user-email"), 30, f"the new user's page ({browser.path})")
+    wait_for(lambda: browser.all("#user-email"), 30, f"the new user's page ({browser.path})")
     assert browser.text("#user-email") == f"{user}@rig.test"
     (made,) = [u for u in web.admin.ok("/api/v1/admin/users") if u["email"] == f"{user}@rig.test"]
     assert made["profile_id"] == profile["id"] and not made["is_superuser"], made
 
     # Her token, issued on her page and shown once; she signs in with it and may run.
     browser.css("#issue-token-submit").click()
-    token = wait_until(lambda: browser.text("#new-token"), 30, "the new token")
+    token = wait_for(lambda: browser.text("#new-token"), 30, "the new token")
     carol = Api(web.service, token, f"{user}@rig.test")
     assert carol.ok("/api/v1/runs") == []
     browser.sign_in(token)
@@ -425,7 +425,7 @@ def test_a_bad_runner_config_names_the_offending_key_beside_the_field(web: Web) 
     browser.sign_in(web.tokens["admin"])
     browser.css("#nav-resources").click()
     browser.css(f"#resource-{web.resource_id} a").click()
-    wait_until(lambda: browser.all("#jobs_runner_config"), 30, "the Resource's form")
+    wait_for(lambda: browser.all("#jobs_runner_config"), 30, "the Resource's form")
     before = web.admin.ok(f"/api/v1/admin/resources/{web.resource_id}")["jobs_runner_config"]
     # The config as shown, with one key mistyped inside default_slurm_config.
     shown = json.loads(browser.css("#jobs_runner_config").get_attribute("value"))
@@ -433,7 +433,7 @@ def test_a_bad_runner_config_names_the_offending_key_beside_the_field(web: Web) 
     shown["default_slurm_config"]["memory"] = shown["default_slurm_config"].pop("mem")
     fill(browser, {"jobs_runner_config": json.dumps(shown)})
     browser.css("#resource-submit").click()
-    error = wait_until(lambda: browser.all("#jobs_runner_config-error"), 30, "the field's error")[0]
+    error = wait_for(lambda: browser.all("#jobs_runner_config-error"), 30, "the field's error")[0]
     assert browser.status() == 422
     assert "memory" in error.text, error.text
     assert [li.get_attribute("data-path") for li in error.find_elements(By.CSS_SELECTOR, "li")] == [
