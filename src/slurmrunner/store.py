@@ -36,7 +36,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.pool import StaticPool
 
 from . import store_schema as schema
@@ -125,7 +124,6 @@ _READS = {
     "results": _RESULTS,
     "results_in_order": _RESULTS_IN_ORDER,
 }
-_FAST = {name: schema.Compiled(stmt, sqlite.dialect()) for name, stmt in _READS.items()}
 
 
 def _is_url(target: object) -> bool:
@@ -167,8 +165,8 @@ class Store(RunQueries):
         self._add_task = schema.Compiled(_ADD_TASK, dialect)
         self._save_counts = schema.adding_upsert(dialect.name, _counts, ("run_id", "status"))
         self._add_counters = schema.adding_upsert(dialect.name, schema.counters, ("run_id", "name"))
-        # The frequent reads compiled once for this database too (the watcher reads each run's
-        # jobs every cycle: 0.5 ms of CPU a call through Core on PostgreSQL).
+        # The frequent reads compiled once for this database (the CLI's file, or the service's:
+        # the watcher reads jobs every cycle, 0.5 ms of CPU a call through Core on PostgreSQL).
         self._compiled = {name: schema.Compiled(stmt, dialect) for name, stmt in _READS.items()}
         self._lock = threading.RLock()
         shared = isinstance(engine.pool, StaticPool)  # one connection for every call
@@ -208,13 +206,13 @@ class Store(RunQueries):
 
     def _rows(self, name: str, **params: Any) -> list[Any]:
         """A frequent read (_READS), on the driver's cursor (store_schema.Compiled)."""
+        compiled = self._compiled[name]
+        args = compiled.args(**params)
         if self._fast is None:
-            compiled = self._compiled[name]
             with self._read() as conn:
-                args = compiled.args(**params)
                 return list(conn.exec_driver_sql(compiled.sql, args).all())  # type: ignore[arg-type]
         with self._lock:
-            return self._fast.execute(_FAST[name].sql, _FAST[name].args(**params)).fetchall()
+            return self._fast.execute(compiled.sql, args).fetchall()
 
     def close(self) -> None:
         if self._owns_engine:
@@ -384,7 +382,7 @@ class Store(RunQueries):
             with self._read() as conn:
                 rows = conn.execute(_RESULTS_IN_ORDER, params)
                 return [TaskResult.from_dict(json.loads(r[1])) for r in rows]
-        fast = _FAST["results_in_order"]
+        fast = self._compiled["results_in_order"]
         with self._lock:
             cursor = self._fast.execute(fast.sql, fast.args(**params))
             return [TaskResult.from_dict(json.loads(r[1])) for r in cursor]
