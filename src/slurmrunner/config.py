@@ -29,6 +29,7 @@ from pydantic import (
 from .directives import KEYED, check_directive
 from .errors import ConfigError
 from .quoting import posix_username
+from .retries import RetryAsks, RetryPolicy
 from .units import parse_memory_mb, parse_time_minutes
 
 _SHELL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -218,6 +219,10 @@ class SlurmRunnerConfig(_Strict):
         default=False, description="may a task's resources carry extra_lines"
     )
     task_allowed_values: TaskAllowedValues = Field(default_factory=TaskAllowedValues)
+    retry: RetryPolicy = Field(
+        default_factory=dict,
+        description="per failure cause: max_attempts, and how mem and time grow (retries.py)",
+    )
 
     @field_validator("user_local_exports", mode="before")
     @classmethod
@@ -248,6 +253,9 @@ class TaskResources(_SlurmOptions):
     needs_gpu: bool = False
     tasks_per_job: int | None = Field(default=None, ge=1)
     parallel_tasks_per_job: int | None = Field(default=None, ge=1)
+    retry: RetryAsks | None = Field(
+        default=None, description="per cause, fewer attempts than the admin's retry policy"
+    )
 
 
 class JobResources(BaseModel):

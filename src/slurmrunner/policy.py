@@ -22,6 +22,7 @@ from .config import (
 )
 from .errors import ConfigError, PolicyError
 from .profiles import Profile
+from .retries import check_asks
 
 ALWAYS_DENIED = frozenset({"root"})
 
@@ -121,7 +122,7 @@ def check_task_resources(config: SlurmRunnerConfig, task: TaskResources) -> None
     """What a task's own resources may ask for: extra_lines only if the admin allows them;
     account, qos, partition, gres, gpus and constraint only values the admin lists (or the
     admin's own value for that task). mem, time, cpus and batching stay the task's, bounded by
-    batching_config."""
+    batching_config; retries fewer than the admin's policy allows."""
     if task.extra_lines and not config.allow_task_extra_lines:
         raise ConfigError(
             "resources.extra_lines: not allowed for tasks (the admin config's "
@@ -144,6 +145,7 @@ def check_task_resources(config: SlurmRunnerConfig, task: TaskResources) -> None
             f"resources.{key}: {value!r} is not allowed for tasks "
             f"(task_allowed_values.{key} in the admin config lists: {listed})"
         )
+    check_asks(config.retry, task.retry)  # fewer retries than the admin's, never more
 
 
 def check_run(config: SlurmRunnerConfig, profile: Profile, task: TaskResources) -> None:

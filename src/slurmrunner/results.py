@@ -67,6 +67,10 @@ class TaskResult:
     # When the task ended (unix time, the node's clock; None for results of older workers):
     # it started at t_end - duration_s. Drawn on the run's timeline; never trusted beyond that.
     t_end: float | None = None
+    # A retried task's earlier attempts, oldest first (each a result's dict, with the
+    # "resources" it ran with), and this attempt's resources; None for a task run once.
+    attempts: list[dict[str, Any]] | None = None
+    resources: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,6 +80,9 @@ class TaskResult:
         # Not dataclasses.asdict: it deep-copies the result, only for it to be serialized.
         data = {name: getattr(self, name) for name in _RESULT_FIELDS}
         data["error"] = asdict(self.error) if self.error else None
+        for name in _ONLY_IF_SET:
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod
@@ -96,6 +103,8 @@ class TaskResult:
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(TaskResult))
+# Left out of a result's dict when unset: most tasks run once, and results keep their shape.
+_ONLY_IF_SET = ("attempts", "resources")
 
 
 def _failed(index: int, cause: str, message: str, **kw: Any) -> TaskResult:

@@ -34,6 +34,7 @@ from .errors import HostError, SlurmRunnerError
 from .pacing import PollPolicy
 from .reading import Reading, Warnings
 from .results import TaskResult, cancelled
+from .retrying import Retrying, RetryStarted
 from .runspec import RunSpec
 from .script import job_name
 from .settling import JOB_OUTPUT_TAIL, PendingSeen, Settling, pending_grace_s
@@ -41,7 +42,7 @@ from .store import Store, new_claim
 from .submission import Submission
 from .watcher import Watcher
 
-__all__ = ["JOB_OUTPUT_TAIL", "Progress", "Run", "RunStatus"]
+__all__ = ["JOB_OUTPUT_TAIL", "Progress", "RetryStarted", "Run", "RunStatus"]
 
 log = logging.getLogger("slurmrunner")
 Progress = Callable[["RunStatus"], None]
@@ -72,7 +73,7 @@ class RunStatus:
         return self.finished >= self.n_tasks
 
 
-class Run(Reading, Settling, Submission, Asking):
+class Run(Reading, Settling, Submission, Asking, Retrying):
     """One run: its jobs, their watching, its results.
 
     Driven by one watcher at a time (its own, through poll/wait/as_completed, or a process's
@@ -109,6 +110,11 @@ class Run(Reading, Settling, Submission, Asking):
         self._claim = new_claim()
         self._retry_submit_at: float | None = None  # set while the user's job limit holds
         self._new: list[TaskResult] = []  # saved since the last status()
+        # Failures saved since the retry policy last looked (retrying.py); the first look
+        # takes every stored failure: an earlier process may have died before retrying them.
+        self._policy_todo: list[TaskResult] = []
+        self._policy_scan = True
+        self._attempt_jobs: dict[int, int] | None = None
         # Held by the watcher while it works on this run, and by cancel: a cancel from another
         # thread waits for the step under way, never for a whole cycle's calls.
         self._lock = threading.RLock()
@@ -196,7 +202,9 @@ class Run(Reading, Settling, Submission, Asking):
 
     def _submit_due(self) -> None:
         """Jobs waiting for room in the user's queue are submitted when their time has come
-        (the watcher's cycle, before it reads the run's jobs: Store.live_jobs_of)."""
+        (the watcher's cycle, before it reads the run's jobs: Store.live_jobs_of). Failures
+        the retry policy has not looked at yet (a reattached run's) are retried first."""
+        self._retry_by_policy()
         if self._retry_submit_at is not None and time.monotonic() >= self._retry_submit_at:
             self._submit_missing()
 
@@ -206,6 +214,8 @@ class Run(Reading, Settling, Submission, Asking):
             self.store.save_results(self.id, fresh)
             self._finished.update(r.index for r in fresh)
             self._new.extend(fresh)
+            if self.spec.config.retry:
+                self._policy_todo.extend(r for r in fresh if r.status == "failed")
 
     def _flush_counters(self) -> None:
         self.store.add_counters(self.id, self.calls)

@@ -113,6 +113,10 @@ class Settling:
 
         def fail(self, message: str) -> int: ...
 
+        def _retry_by_policy(self) -> None: ...
+
+        def _job_of_attempt(self, index: int, default: int) -> int: ...
+
     # Jobs that can never start (Run's bases: Settling comes before Asking, whose squeue
     # answer this takes first).
     def _apply_squeue(
@@ -182,9 +186,12 @@ class Settling:
         return True
 
     def _settle_rows(self, rows: list[JobRow]) -> bool:
+        """Settle every job; then the failures of this step that the admin's policy retries
+        go into new jobs (retrying.py), before anyone could see the run as ended."""
         news = False
         for row in rows:
             news |= self._settle(row)
+        self._retry_by_policy()
         return news
 
     def _settle(self, row: JobRow) -> bool:
@@ -207,6 +214,8 @@ class Settling:
         elif clean_end and w.held:
             return False  # killed by the scheduler's signal: wait for its word on why
         missing = [i for i in row.task_range if i not in self._finished]
+        if missing:  # a task retried since is the retry's job's to settle, not this one's
+            missing = [i for i in missing if self._job_of_attempt(i, row.idx) == row.idx]
         if missing:
             end_state = state or "UNKNOWN"
             reason = w.state.reason if w.state else ""

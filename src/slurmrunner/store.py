@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from . import store_schema as schema
 from .errors import RunNotFoundError
 from .results import TaskResult
 from .store_queries import RunQueries
+from .store_retries import RetryStore, attempts_of
 from .store_rows import JOB_COLUMNS, JobRow, RunRow, job_row, run_row
 
 _runs, _jobs, _tasks, _counts = schema.runs, schema.jobs, schema.tasks, schema.status_counts
@@ -100,7 +101,7 @@ _STATUS_COUNTS = select(_counts.c.status, _counts.c.n).where(
 # on SQLite the transaction holds the database's write lock from its BEGIN IMMEDIATE; on
 # PostgreSQL FOR UPDATE locks the rows (in index order, so two savers cannot deadlock), and a
 # row another transaction is writing is waited for, then re-read and left out if written.
-_UNSAVED = select(_tasks.c.idx).where(
+_UNSAVED = select(_tasks.c.idx, _tasks.c.history).where(
     _tasks.c.run_id == bindparam("run_id"),
     _tasks.c.idx.in_(bindparam("indices", expanding=True)),
     _tasks.c.result.is_(None),
@@ -130,7 +131,7 @@ def _is_url(target: object) -> bool:
     return isinstance(target, URL) or (isinstance(target, str) and "://" in target)
 
 
-class Store(RunQueries):
+class Store(RunQueries, RetryStore):
     """The run store: `Store()` or `Store(path)` is the CLI's own SQLite file (made and upgraded
     here; `:memory:` works); `Store("sqlite:///...")`, `Store("postgresql+psycopg://...")` or
     `Store(engine)` is the service's database, whose tables its Alembic migrations make.
@@ -331,10 +332,15 @@ class Store(RunQueries):
             conn.execute(stmt)
 
     # tasks
-    def task_args(self, run_id: str, indices: range) -> list[Any]:
+    def task_args(self, run_id: str, indices: range | Collection[int]) -> list[Any]:
+        """The inputs of these tasks, in index order (a range: a run's first job's; any
+        other set: a retry's job's)."""
         c = _tasks.c
-        query = select(c.args).where(c.run_id == run_id, c.idx >= indices.start)
-        query = query.where(c.idx < indices.stop).order_by(c.idx)
+        query = select(c.args).where(c.run_id == run_id).order_by(c.idx)
+        if isinstance(indices, range):
+            query = query.where(c.idx >= indices.start, c.idx < indices.stop)
+        else:
+            query = query.where(c.idx.in_(sorted(indices)))
         with self._read() as conn:
             return [json.loads(a) for a in conn.execute(query).scalars()]
 
@@ -353,9 +359,13 @@ class Store(RunQueries):
         order = sorted(first)
         with self._tx() as conn:
             unsaved: list[int] = []
+            history: dict[int, str] = {}  # a retried task's earlier attempts go in its result
             for k in range(0, len(order), _SAVE_CHUNK):
                 params = {"run_id": run_id, "indices": order[k : k + _SAVE_CHUNK]}
-                unsaved.extend(conn.execute(_UNSAVED, params).scalars().all())
+                for i, h in conn.execute(_UNSAVED, params):
+                    unsaved.append(i)
+                    if h:
+                        history[i] = h
             if not unsaved:
                 return
             # One UPDATE per task by its primary key, whatever the planner knows. (One
@@ -363,7 +373,7 @@ class Store(RunQueries):
             # run's statistics are stale PostgreSQL plans it as a nested loop over the whole
             # run: 20,000 results took a minute instead of 3 s.)
             save = self._save
-            rows = [_save_row(save, run_id, first[i]) for i in unsaved]
+            rows = [_save_row(save, run_id, first[i], history.get(i)) for i in unsaved]
             conn.exec_driver_sql(save.sql, rows)  # type: ignore[arg-type]
             by_status = Counter(first[i].status for i in unsaved)
             # Sorted: two savers on PostgreSQL lock the count rows in one order.
@@ -412,8 +422,9 @@ class Store(RunQueries):
             return {r[0]: r[1] for r in conn.execute(query)}
 
 
-def _save_row(save: schema.Compiled, run_id: str, r: TaskResult) -> Any:
+def _save_row(save: schema.Compiled, run_id: str, r: TaskResult, history: str | None) -> Any:
     cause = r.error.cause if r.error else None
-    return save.args(
-        rid=run_id, i=r.index, result=json.dumps(r.to_dict()), status=r.status, cause=cause
-    )
+    data = r.to_dict()
+    if history:
+        data.update(attempts_of(history))
+    return save.args(rid=run_id, i=r.index, result=json.dumps(data), status=r.status, cause=cause)

@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 # jobs' columns in JobRow's order.
-JOB_COLUMNS = ("idx", "first_task", "n_tasks", "job_id", "state", "reason", "done", "claim")
+JOB_COLUMNS = (
+    "idx",
+    "first_task",
+    "n_tasks",
+    "job_id",
+    "state",
+    "reason",
+    "done",
+    "claim",
+    "task_list",
+    "retry_plan",
+)
 
 
 @dataclass(frozen=True)
@@ -20,10 +31,21 @@ class JobRow:
     reason: str
     done: bool
     claim: str = ""  # who is submitting it (state SUBMITTING), see Store.claim_job
+    # A retry's job (retrying.py): its tasks' indices, and its plan as stored (JSON).
+    task_list: tuple[int, ...] | None = None
+    retry_plan: str | None = None
 
     @property
-    def task_range(self) -> range:
+    def task_range(self) -> range | frozenset[int]:
+        """Its tasks' indices: a range for a run's first jobs, a set for a retry's."""
+        if self.task_list is not None:
+            return frozenset(self.task_list)
         return range(self.first_task, self.first_task + self.n_tasks)
+
+    @property
+    def tasks(self) -> list[int]:
+        """Its tasks' indices in the order the job runs them."""
+        return list(self.task_list if self.task_list is not None else self.task_range)
 
 
 @dataclass(frozen=True)
@@ -41,7 +63,8 @@ class RunRow:
 
 
 def job_row(r: Any) -> JobRow:
-    return JobRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7])
+    tasks = tuple(json.loads(r[8])) if r[8] else None
+    return JobRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], tasks, r[9])
 
 
 def run_row(r: Any) -> RunRow:

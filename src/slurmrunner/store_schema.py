@@ -93,6 +93,11 @@ jobs = Table(
     # 0/1 as today (an integer, not a Boolean: old files and callers pass done=1).
     Column("done", Integer, nullable=False, server_default="0"),
     Column("claim", Text, nullable=False, server_default=""),  # see store.new_claim
+    # A retry's job (retrying.py): its tasks, a JSON list of indices (first_task and n_tasks
+    # then give the first and the count), and its plan, JSON: the resources, the number of
+    # tasks and jobs it was planned with. NULL for a run's first jobs, whose tasks are a range.
+    Column("task_list", Text, nullable=True),
+    Column("retry_plan", Text, nullable=True),
     PrimaryKeyConstraint("run_id", "idx"),
 )
 
@@ -107,6 +112,9 @@ tasks = Table(
     # counted by cause without reading every result (GET /runs/{id}, ?status=failed).
     Column("status", Text, nullable=True),
     Column("cause", Text, nullable=True),
+    # A retried task's earlier attempts and the resources of the one under way, JSON (see
+    # store_retries.py); copied into its next result when that is saved.
+    Column("history", Text, nullable=True),
     PrimaryKeyConstraint("run_id", "idx"),
 )
 
@@ -132,7 +140,7 @@ status_counts = Table(
 
 # PRAGMA user_version of a CLI store file at this schema: a file at it is opened with one
 # PRAGMA, an older one (0: the raw-sqlite3 versions never set it) is upgraded once.
-SQLITE_SCHEMA_VERSION = 2
+SQLITE_SCHEMA_VERSION = 3
 
 
 def upgrade_sqlite_file(conn: Connection) -> None:
@@ -141,7 +149,8 @@ def upgrade_sqlite_file(conn: Connection) -> None:
 
     New files get every table from `create_all`; a file of an earlier version gets what it
     lacks: the `claim` column, the service's columns and index, and `status_counts` counted
-    once from the results already saved; each saved result's status and cause in its row.
+    once from the results already saved; each saved result's status and cause in its row;
+    the retries' columns.
     """
     had_status_counts = inspect(conn).has_table("status_counts")
     metadata.create_all(conn)  # only the missing tables (checkfirst)
@@ -151,6 +160,11 @@ def upgrade_sqlite_file(conn: Connection) -> None:
     }
     if "claim" not in columns["jobs"]:
         conn.execute(text("ALTER TABLE jobs ADD COLUMN claim TEXT NOT NULL DEFAULT ''"))
+    for name in ("task_list", "retry_plan"):
+        if name not in columns["jobs"]:
+            conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} TEXT"))
+    if "history" not in columns["tasks"]:
+        conn.execute(text("ALTER TABLE tasks ADD COLUMN history TEXT"))
     for name in ("user_id", "resource_id", "profile_id"):
         if name not in columns["runs"]:
             conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} INTEGER"))

@@ -30,6 +30,7 @@ from .errors import (
 from .hosts.base import CommandResult, Host
 from .pacing import PollPolicy
 from .results import TaskError, TaskResult
+from .retrying import retry_spec
 from .runspec import RunSpec, worker_source
 from .script import job_name, render_script
 from .store import JobRow, Store, claim_is_live
@@ -162,8 +163,12 @@ class Submission:
                     self._adopt(row, found)
                     submitted.append(found)
                     continue
+            # A retry's job is made from its own plan and resources (retrying.py).
+            spec = retry_spec(self.spec, row)
+            indices = row.tasks
             args = self.store.task_args(self.id, row.task_range)
-            job = self.spec.job(row.idx, list(zip(row.task_range, args, strict=True)), plan)
+            job_plan = plan if spec is self.spec else spec.plan
+            job = spec.job(row.idx, list(zip(indices, args, strict=True)), job_plan)
             try:
                 job_id = self._sbatch(render_script(job, worker_source()), job.job_name)
             except SubmitLimitError as exc:

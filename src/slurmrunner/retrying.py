@@ -1,0 +1,211 @@
+"""A run's retries (run.Run holds the state named here): failed tasks run again, in new jobs
+of the same run, with more memory or time, on demand (`retry`) or by the admin's policy.
+
+A retry is planned like a run (batching, the partition's time limit, script size) for the
+tasks it takes, grouped by the resources of their next attempt, and stored in one
+transaction (store_retries.py) before any sbatch: the failed attempts move into the tasks'
+history and the new jobs wait as NEW rows, which the usual submission sends. So a process
+killed at any point leaves either the failed results (a reattaching watcher plans the policy's
+retries again from them) or the new jobs (submitted once, by whoever claims them).
+
+By policy, the failures of one watching step are retried together: tasks of jobs that end in
+the same cycle share the retry's jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, replace
+from time import monotonic as time_now
+from typing import TYPE_CHECKING, Any
+
+from .config import TaskResources, merge_resources
+from .errors import BatchingError, ConfigError
+from .results import TaskResult
+from .retries import Shape, by_policy, effective_rules, on_demand
+from .runspec import RunSpec
+from .store_retries import RetryConflictError
+
+if TYPE_CHECKING:
+    import threading
+
+    from .store import JobRow, Store
+
+log = logging.getLogger("slurmrunner")
+
+
+@dataclass(frozen=True)
+class RetryStarted:
+    """What a retry took: how many tasks, in how many new jobs."""
+
+    n_tasks: int
+    n_jobs: int
+    indices: list[int]
+
+
+def retry_spec(spec: RunSpec, row: JobRow) -> RunSpec:
+    """The spec a job's script is made from: the run's, or its retry's (resources, plan)."""
+    if row.retry_plan is None:
+        return spec
+    plan = json.loads(row.retry_plan)
+    return replace(
+        spec,
+        resources=TaskResources.model_validate(plan["resources"]),
+        n_tasks=int(plan["n_tasks"]),
+        min_jobs=int(plan.get("min_jobs") or 1),
+    )
+
+
+class Retrying:
+    """The retrying part of a Run (see run.Run)."""
+
+    id: str
+    store: Store
+    spec: RunSpec
+    _finished: set[int]
+    _closed: bool
+    _lock: threading.RLock
+    _policy_todo: list[TaskResult]
+    _policy_scan: bool
+    _attempt_jobs: dict[int, int] | None  # retried task -> its newest job (None: not read)
+    _retry_submit_at: float | None
+    calls: Counter[str]
+
+    if TYPE_CHECKING:
+
+        def _warn_once(self, note: str, key: str | None = None) -> None: ...
+
+        def _submit_missing(self) -> None: ...
+
+        def _flush_counters(self) -> None: ...
+
+    def retry(
+        self,
+        causes: Collection[str] | None = None,
+        indices: Collection[int] | None = None,
+        mem: str | None = None,
+        time: str | None = None,
+        *,
+        submit: bool = True,
+    ) -> RetryStarted:
+        """Run the chosen failed tasks again (by cause, by index, or every failed one), with
+        their memory and time grown (`2x`, `+2G`, `8G`; `2x`, `+30:00`, `2:00:00`), in new
+        jobs: submitted now, or with `submit=False` by the run's watcher at its next cycle (a
+        service's request thread makes no sbatch). ConfigError or BatchingError, naming the
+        bound, before any sbatch; RetryConflictError if another process retried them first."""
+        with self._lock:
+            state = self.store.run(self.id).state
+            if state in ("cancelled", "submitting"):
+                raise ConfigError(f"run {self.id} is {state}: nothing of it can be retried")
+            failed = self.store.failed_results(self.id)
+            shapes = self._shapes(failed)
+            picks = on_demand(failed, shapes, causes, indices, mem, time)
+            started = self._start_retry(picks, shapes)
+            if state != "running":
+                self.store.set_run_state(self.id, "running")
+            self._closed = False
+            if submit:
+                self._submit_missing()
+            else:
+                self._retry_submit_at = time_now()  # the watcher's next cycle submits them
+            self._flush_counters()
+            return started
+
+    def _base_shape(self) -> Shape:
+        res = merge_resources(self.spec.config, self.spec.resources)
+        return Shape(res.mem_mb, res.time_minutes)
+
+    def _shapes(self, results: Iterable[TaskResult]) -> dict[int, Shape]:
+        """What each result's attempt ran with."""
+        base, out = self._base_shape(), {}
+        for r in results:
+            ran = r.resources
+            out[r.index] = Shape(ran.get("mem_mb"), ran.get("time_minutes")) if ran else base
+        return out
+
+    def _start_retry(self, picks: dict[int, Shape], shapes: dict[int, Shape]) -> RetryStarted:
+        """Plan the picked tasks' jobs (one plan per next shape) and store them."""
+        groups: dict[Shape, list[int]] = defaultdict(list)
+        for i in sorted(picks):
+            groups[picks[i]].append(i)
+        jobs: list[tuple[list[int], str]] = []
+        for shape, idxs in groups.items():
+            jobs.extend(self._plan_group(shape, idxs))
+        moves = {i: (shapes[i].to_dict(), picks[i].to_dict()) for i in picks}
+        new = self.store.start_retry(self.id, moves, jobs)
+        self._finished.difference_update(picks)
+        self.calls["retried_tasks"] += len(picks)  # shown with the run's calls
+        if self._attempt_jobs is not None:
+            for k, (tasks, _) in zip(new, jobs, strict=True):
+                self._attempt_jobs.update(dict.fromkeys(tasks, k))
+        log.info(
+            "run %s retry: tasks=%d jobs=%d first_job=%s",
+            self.id,
+            len(picks),
+            len(new),
+            new[0] if new else "-",
+        )
+        return RetryStarted(len(picks), len(new), sorted(picks))
+
+    def _plan_group(self, shape: Shape, idxs: list[int]) -> list[tuple[list[int], str]]:
+        """The jobs of tasks retried with one shape: planned and checked as a run's are."""
+        asked: dict[str, Any] = self.spec.resources.model_dump(mode="json", exclude_unset=True)
+        resources = TaskResources.model_validate({**asked, **shape.overrides()})
+        args = self.store.task_args(self.id, idxs)
+        tasks = list(zip(idxs, args, strict=True))
+        spec = replace(self.spec, resources=resources, min_jobs=1).fit_scripts(tasks)
+        plan = json.dumps(
+            {
+                "resources": resources.model_dump(mode="json", exclude_unset=True),
+                "n_tasks": len(idxs),
+                "min_jobs": spec.min_jobs,
+            }
+        )
+        return [([idxs[p] for p in rng], plan) for rng in spec.plan.job_ranges()]
+
+    def _job_of_attempt(self, index: int, default: int) -> int:
+        """The job of a task's newest attempt: its retry's newest job, else `default`."""
+        if self._attempt_jobs is None:
+            self._attempt_jobs = {}
+            for row in self.store.jobs(self.id):  # in index order: the newest last
+                if row.task_list is not None:
+                    self._attempt_jobs.update(dict.fromkeys(row.task_list, row.idx))
+        return self._attempt_jobs.get(index, default)
+
+    def _retry_by_policy(self) -> None:
+        """Retry what the admin's policy retries among the failures saved since the last call
+        (all of the run's, the first time: a process that died before retrying them)."""
+        rules = effective_rules(self.spec.config.retry, self.spec.resources.retry)
+        if not rules or self._closed:
+            self._policy_todo.clear()
+            return
+        if self._policy_scan:
+            self._policy_scan = False
+            self._policy_todo = self.store.failed_results(self.id)
+        todo, self._policy_todo = self._policy_todo, []
+        failed = [r for r in todo if r.error is not None and r.error.cause in rules]
+        if not failed:
+            return
+        shapes = self._shapes(failed)
+        picks, notes = by_policy(failed, rules, shapes)
+        for note in notes:
+            self._warn_once(f"run {self.id}: {note}")
+        groups: dict[Shape, dict[int, Shape]] = defaultdict(dict)
+        for i, shape in picks.items():
+            groups[shape][i] = shape
+        started = False
+        for group in groups.values():
+            try:
+                self._start_retry(group, shapes)
+                started = True
+            except (BatchingError, ConfigError) as exc:
+                # Over a bound of the admin's: these tasks stay failed, and the run says why.
+                causes = sorted({str(r.error.cause) for r in failed if r.index in group if r.error})
+                self._warn_once(f"{'/'.join(causes)} failures not retried: {exc}")
+            except RetryConflictError as exc:
+                log.info("run %s: retry by policy skipped: %s", self.id, exc)
+        if started:
+            self._submit_missing()
