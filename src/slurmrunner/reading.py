@@ -108,6 +108,8 @@ class Reading:
 
         def _requeued(self, row: JobRow) -> None: ...
 
+        def _job_of_attempt(self, index: int, default: int) -> int: ...
+
     def _w(self, row: JobRow) -> JobWatch:
         w = self._watch.get(row.idx)
         if w is None:
@@ -242,6 +244,8 @@ class Reading:
             del w.held[i]
         elif i in self._finished or i in w.held or i in taken:
             return False
+        elif self._job_of_attempt(i, row.idx) != row.idx:
+            return False  # an earlier attempt's record, read again: the task was retried
         taken.add(i)
         if awaits_scheduler(rec):
             w.held[i] = rec

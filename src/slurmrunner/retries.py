@@ -232,15 +232,20 @@ def on_demand(
     attempt's shape; ConfigError when the choice names nothing retryable."""
     wanted_causes = set(causes) if causes else None
     if wanted_causes:
-        _causes(dict.fromkeys(wanted_causes))
+        try:
+            _causes(dict.fromkeys(wanted_causes))
+        except ValueError as exc:
+            raise ConfigError(f"--cause: {exc}") from None
     wanted = set(indices) if indices is not None else None
     mem_g = parse_growth(mem, "mem") if mem else None
     time_g = parse_growth(time, "time") if time else None
     picks: dict[int, Shape] = {}
     seen: set[int] = set()
     for r in failed:
+        if r.status != "failed":
+            continue
         seen.add(r.index)
-        if r.status != "failed" or (wanted is not None and r.index not in wanted):
+        if wanted is not None and r.index not in wanted:
             continue
         if wanted_causes and (r.error.cause if r.error else None) not in wanted_causes:
             continue

@@ -186,9 +186,15 @@ class Retrying:
             self._policy_scan = False
             self._policy_todo = self.store.failed_results(self.id)
         todo, self._policy_todo = self._policy_todo, []
-        failed = [r for r in todo if r.error is not None and r.error.cause in rules]
-        if not failed:
+        named = {r.index for r in todo if r.error is not None and r.error.cause in rules}
+        if not named:
             return
+        # As stored: the results saved here do not carry the attempts before them.
+        failed = [
+            r
+            for r in self.store.failed_results(self.id, named)
+            if r.error is not None and r.error.cause in rules
+        ]
         shapes = self._shapes(failed)
         picks, notes = by_policy(failed, rules, shapes)
         for note in notes:

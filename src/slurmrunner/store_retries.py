@@ -10,7 +10,7 @@ reader of results sees a task's every attempt with no other query.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -60,12 +60,23 @@ class RetryStore:
 
         def _tx(self) -> AbstractContextManager[Connection]: ...
 
-    def failed_results(self, run_id: str) -> list[TaskResult]:
-        """The run's failed tasks' results, by index."""
+    def failed_results(
+        self, run_id: str, indices: Collection[int] | None = None
+    ) -> list[TaskResult]:
+        """The run's failed tasks' results as stored (their earlier attempts in them), by
+        index; only those among `indices` when given."""
         c = _tasks.c
         query = select(c.result).where(c.run_id == run_id, c.status == "failed").order_by(c.idx)
+        wanted = sorted(indices) if indices is not None else None
         with self._read() as conn:
-            return [TaskResult.from_dict(json.loads(r)) for r in conn.execute(query).scalars()]
+            if wanted is None:
+                rows = list(conn.execute(query).scalars())
+            else:
+                rows = []
+                for k in range(0, len(wanted), _CHUNK):
+                    part = query.where(c.idx.in_(wanted[k : k + _CHUNK]))
+                    rows.extend(conn.execute(part).scalars())
+        return [TaskResult.from_dict(json.loads(r)) for r in rows]
 
     def start_retry(
         self,
