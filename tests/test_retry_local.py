@@ -137,7 +137,7 @@ def test_a_process_dead_before_retrying_leaves_the_retry_to_the_next(tmp_path, m
         pass
 
     def die(self):
-        if self._policy_todo or self._policy_scan and self.store.failed_results(self.id):
+        if self._policy_todo or (self._policy_scan and self.store.failed_results(self.id)):
             raise Died()
 
     with monkeypatch.context() as m:
