@@ -18,6 +18,8 @@ args = json.load(open(sys.argv[2]))
 mark = os.path.join(args["dir"], "mark-%d" % args["x"])
 first = not os.path.exists(mark)
 open(mark, "a").close()
+if first and args.get("sleep"):
+    time.sleep(args["sleep"])
 if first and args.get("fail"):
     print("failing on purpose", flush=True)
     sys.exit(3)
@@ -136,12 +138,13 @@ def test_a_process_dead_before_retrying_leaves_the_retry_to_the_next(tmp_path, m
     class Died(Exception):
         pass
 
-    def die(self):
-        if self._policy_todo or (self._policy_scan and self.store.failed_results(self.id)):
+    def die(self, rules):  # the process dies as it would retry the failures it saved
+        self._policy_scan = False
+        if self._policy_todo:
             raise Died()
 
     with monkeypatch.context() as m:
-        m.setattr(Retrying, "_retry_by_policy", die)
+        m.setattr(Retrying, "_retry_failures", die)
         run = r.submit(command, args)
         with pytest.raises(Died):
             run.wait(timeout=60)
@@ -172,3 +175,53 @@ def test_cancelling_a_run_cancels_its_pending_retries(tmp_path):
     assert all(j.done for j in r.store.jobs(run.id))
     with pytest.raises(ConfigError, match="cancelled"):
         run.retry()
+
+
+def test_failures_of_one_job_go_again_together(tmp_path):
+    r = make_runner(
+        tmp_path,
+        {"exit_code": {"max_attempts": 2}},
+        batching_config={"max_num_jobs": 2, "target_num_jobs": 1},
+    )
+    command, args = inputs(tmp_path, 12, set(range(1, 12, 2)))
+    # One task at a time: the six failures come one by one, in one job.
+    run = r.submit(command, args, {"parallel_tasks_per_job": 1})
+    results = run.wait(timeout=120)
+    assert [x.status for x in results] == ["ok"] * 12
+    retry_jobs = [j for j in r.store.jobs(run.id) if j.task_list is not None]
+    assert len(retry_jobs) == 1, [j.task_list for j in retry_jobs]
+
+
+def test_a_cancelled_runs_failures_are_not_retried_by_a_later_look(tmp_path):
+    r = make_runner(tmp_path, {"exit_code": {"max_attempts": 2}})
+    command, args = inputs(tmp_path, 2, {0})
+    args[1]["sleep"] = 60
+    run = r.submit(command, args, {"tasks_per_job": 2, "parallel_tasks_per_job": 2})
+    deadline = time.monotonic() + 30
+    while r.store.result(run.id, 0) is None:
+        assert time.monotonic() < deadline, "task 0 did not fail"
+        run.poll()
+        time.sleep(0.05)
+    run.poll()
+    # Its job still runs: its failures wait for its end, to go again together.
+    assert [j.task_list for j in r.store.jobs(run.id)] == [None]
+    run.cancel()
+    jobs = r.store.jobs(run.id)
+    again = Runner.attach(run.id, r.store, FAST)
+    again.poll()  # `slurmrunner status` polls: it must not retry a cancelled run
+    assert r.store.jobs(run.id) == jobs
+    assert r.store.run(run.id).state == "cancelled"
+    assert r.store.result(run.id, 0).status == "failed"
+
+
+def test_a_retry_by_another_process_is_seen_by_the_one_watching(tmp_path):
+    r = make_runner(tmp_path)
+    command, args = inputs(tmp_path, 3, {1})
+    r.run(command, args)
+    watching = Runner.attach("last", Store(tmp_path / "store.sqlite"), FAST)
+    assert watching.all_ended
+    other = Runner.attach("last", Store(tmp_path / "store.sqlite"), FAST)
+    other.retry(indices=[1])
+    results = watching.wait(timeout=60)  # this one saves the retry's result
+    assert [x.status for x in results] == ["ok"] * 3
+    assert len(results[1].attempts) == 1

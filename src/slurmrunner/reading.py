@@ -110,6 +110,8 @@ class Reading:
 
         def _job_of_attempt(self, index: int, default: int) -> int: ...
 
+        def _see_jobs(self, rows: Iterable[JobRow]) -> None: ...
+
     def _w(self, row: JobRow) -> JobWatch:
         w = self._watch.get(row.idx)
         if w is None:
@@ -133,6 +135,7 @@ class Reading:
 
     def _read_plan(self, rows: list[JobRow], now: float | None = None) -> ReadPlan | None:
         """The next look at `rows` (None: nothing to read). `now`: the watcher's clock."""
+        self._see_jobs(rows)
         # Jobs whose last look was cut short go last, so that one job's flood (bigger than
         # the host keeps) does not hide the others.
         todo = sorted(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .config import TaskResources, merge_resources
 from .errors import BatchingError, ConfigError
 from .results import TaskResult
-from .retries import Shape, by_policy, effective_rules, on_demand
+from .retries import RetryRule, Shape, by_policy, effective_rules, on_demand
 from .runspec import RunSpec
 from .store_retries import RetryConflictError
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from .store import JobRow, Store
 
 log = logging.getLogger("slurmrunner")
+#: A run retried on demand: done or failed ones run again; a cancelled one stays so.
+RETRYABLE_STATES = ("running", "done", "failed")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Retrying:
     _policy_todo: list[TaskResult]
     _policy_scan: bool
     _attempt_jobs: dict[int, int] | None  # retried task -> its newest job (None: not read)
+    _newest_retry_job: int  # the newest retry job this object knows (-1: none)
     _retry_submit_at: float | None
     calls: Counter[str]
 
@@ -98,14 +101,12 @@ class Retrying:
         bound, before any sbatch; RetryConflictError if another process retried them first."""
         with self._lock:
             state = self.store.run(self.id).state
-            if state in ("cancelled", "submitting"):
+            if state not in RETRYABLE_STATES:
                 raise ConfigError(f"run {self.id} is {state}: nothing of it can be retried")
-            failed = self.store.failed_results(self.id)
+            failed = self.store.failed_results(self.id, indices, causes)
             shapes = self._shapes(failed)
             picks = on_demand(failed, shapes, causes, indices, mem, time)
-            started = self._start_retry(picks, shapes)
-            if state != "running":
-                self.store.set_run_state(self.id, "running")
+            started = self._start_retry(picks, shapes, RETRYABLE_STATES)
             self._closed = False
             if submit:
                 self._submit_missing()
@@ -126,8 +127,14 @@ class Retrying:
             out[r.index] = Shape(ran.get("mem_mb"), ran.get("time_minutes")) if ran else base
         return out
 
-    def _start_retry(self, picks: dict[int, Shape], shapes: dict[int, Shape]) -> RetryStarted:
-        """Plan the picked tasks' jobs (one plan per next shape) and store them."""
+    def _start_retry(
+        self,
+        picks: dict[int, Shape],
+        shapes: dict[int, Shape],
+        states: tuple[str, ...] = ("running",),
+    ) -> RetryStarted:
+        """Plan the picked tasks' jobs (one plan per next shape) and store them (from a run
+        in one of `states`, which is `running` after)."""
         groups: dict[Shape, list[int]] = defaultdict(list)
         for i in sorted(picks):
             groups[picks[i]].append(i)
@@ -135,8 +142,9 @@ class Retrying:
         for shape, idxs in groups.items():
             jobs.extend(self._plan_group(shape, idxs))
         moves = {i: (shapes[i].to_dict(), picks[i].to_dict()) for i in picks}
-        new = self.store.start_retry(self.id, moves, jobs)
+        new = self.store.start_retry(self.id, moves, jobs, states)
         self._finished.difference_update(picks)
+        self._newest_retry_job = max(self._newest_retry_job, *new)
         self.calls["retried_tasks"] += len(picks)  # shown with the run's calls
         if self._attempt_jobs is not None:
             for k, (tasks, _) in zip(new, jobs, strict=True):
@@ -152,11 +160,23 @@ class Retrying:
 
     def _plan_group(self, shape: Shape, idxs: list[int]) -> list[tuple[list[int], str]]:
         """The jobs of tasks retried with one shape: planned and checked as a run's are."""
-        asked: dict[str, Any] = self.spec.resources.model_dump(mode="json", exclude_unset=True)
+        # The run's batching asks are left to the plan: the retry's tasks are fewer, with more
+        # memory, and the first jobs' sizes may not fit them within the admin's bounds.
+        asked: dict[str, Any] = self.spec.resources.model_dump(
+            mode="json", exclude_unset=True, exclude={"tasks_per_job", "parallel_tasks_per_job"}
+        )
         resources = TaskResources.model_validate({**asked, **shape.overrides()})
         args = self.store.task_args(self.id, idxs)
         tasks = list(zip(idxs, args, strict=True))
-        spec = replace(self.spec, resources=resources, min_jobs=1).fit_scripts(tasks)
+        # Jobs as the run's carry tasks: target_num_jobs in proportion to the tasks retried
+        # (a few retried tasks share one job, instead of one job each).
+        limits = self.spec.config.batching_config
+        target = max(1, -(-limits.target_num_jobs * len(idxs) // max(self.spec.n_tasks, 1)))
+        config = self.spec.config.model_copy(
+            update={"batching_config": limits.model_copy(update={"target_num_jobs": target})}
+        )
+        spec = replace(self.spec, config=config, resources=resources, min_jobs=1)
+        spec = spec.fit_scripts(tasks)
         plan = json.dumps(
             {
                 "resources": resources.model_dump(mode="json", exclude_unset=True),
@@ -175,16 +195,37 @@ class Retrying:
                     self._attempt_jobs.update(dict.fromkeys(row.task_list, row.idx))
         return self._attempt_jobs.get(index, default)
 
-    def _retry_by_policy(self) -> None:
-        """Retry what the admin's policy retries among the failures saved since the last call
-        (all of the run's, the first time: a process that died before retrying them)."""
+    def _see_jobs(self, rows: Iterable[JobRow]) -> None:
+        """A retry's job this object did not make (another process's, e.g. `slurmrunner
+        retry` while this one watches): its tasks are unfinished again, and their earlier
+        jobs' records are not theirs any more. What this object knows is read again."""
+        newest = max((r.idx for r in rows if r.task_list is not None), default=-1)
+        if newest > self._newest_retry_job:
+            self._newest_retry_job = newest
+            self._finished = self.store.finished_indices(self.id)
+            self._attempt_jobs = None
+
+    def _retry_by_policy(self, scan_only: bool = False) -> None:
+        """Retry what the admin's policy retries among the failures saved so far (all of the
+        run's, the first time: a process that died before retrying them). `scan_only`: only
+        that first time (a watcher's cycle before its reads); else called when a job ended,
+        so that the failures of a job go again together, not one job each."""
         rules = effective_rules(self.spec.config.retry, self.spec.resources.retry)
         if not rules or self._closed:
             self._policy_todo.clear()
             return
+        if scan_only and not self._policy_scan:
+            return
+        try:
+            self._retry_failures(rules)
+        except Exception:
+            self._policy_scan = True  # looked at again from the store, at the next call
+            raise
+
+    def _retry_failures(self, rules: dict[str, RetryRule]) -> None:
         if self._policy_scan:
             self._policy_scan = False
-            self._policy_todo = self.store.failed_results(self.id)
+            self._policy_todo = self.store.failed_results(self.id, causes=rules)
         todo, self._policy_todo = self._policy_todo, []
         named = {r.index for r in todo if r.error is not None and r.error.cause in rules}
         if not named:

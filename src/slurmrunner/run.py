@@ -115,6 +115,7 @@ class Run(Reading, Settling, Submission, Asking, Retrying):
         self._policy_todo: list[TaskResult] = []
         self._policy_scan = True
         self._attempt_jobs: dict[int, int] | None = None
+        self._newest_retry_job = -1
         # Held by the watcher while it works on this run, and by cancel: a cancel from another
         # thread waits for the step under way, never for a whole cycle's calls.
         self._lock = threading.RLock()
@@ -204,7 +205,7 @@ class Run(Reading, Settling, Submission, Asking, Retrying):
         """Jobs waiting for room in the user's queue are submitted when their time has come
         (the watcher's cycle, before it reads the run's jobs: Store.live_jobs_of). Failures
         the retry policy has not looked at yet (a reattached run's) are retried first."""
-        self._retry_by_policy()
+        self._retry_by_policy(scan_only=True)
         if self._retry_submit_at is not None and time.monotonic() >= self._retry_submit_at:
             self._submit_missing()
 

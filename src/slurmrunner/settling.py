@@ -113,7 +113,12 @@ class Settling:
 
         def fail(self, message: str) -> int: ...
 
-        def _retry_by_policy(self) -> None: ...
+        def _retry_by_policy(self, scan_only: bool = False) -> None: ...
+
+        def _see_jobs(self, rows: Iterable[JobRow]) -> None: ...
+
+        @property
+        def all_ended(self) -> bool: ...
 
         def _job_of_attempt(self, index: int, default: int) -> int: ...
 
@@ -186,13 +191,13 @@ class Settling:
         return True
 
     def _settle_rows(self, rows: list[JobRow]) -> bool:
-        """Settle every job; then the failures of this step that the admin's policy retries
-        go into new jobs (retrying.py), before anyone could see the run as ended."""
-        news = False
-        for row in rows:
-            news |= self._settle(row)
-        self._retry_by_policy()
-        return news
+        """Settle every job; when one ended, the failures so far that the admin's policy
+        retries go into new jobs (retrying.py), before anyone could see the run as ended."""
+        self._see_jobs(rows)
+        closed = [self._settle(row) for row in rows]  # every one: no short cut
+        if any(closed) or self.all_ended:
+            self._retry_by_policy()
+        return any(closed)
 
     def _settle(self, row: JobRow) -> bool:
         """Save what is final; close the job when nothing more can come."""

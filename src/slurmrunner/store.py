@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import StaticPool
 
 from . import store_schema as schema
-from .errors import RunNotFoundError
+from .errors import RunNotFoundError, SlurmRunnerError
 from .results import TaskResult
 from .store_queries import RunQueries
 from .store_retries import RetryStore, attempts_of
@@ -191,6 +191,11 @@ class Store(RunQueries, RetryStore):
         if isinstance(self.path, Path):  # the CLI's own file: made and upgraded here
             with self._read() as conn:
                 version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+            if version > schema.SQLITE_SCHEMA_VERSION:
+                raise SlurmRunnerError(
+                    f"{self.path} was written by a newer slurmrunner (schema {version}, this "
+                    f"one knows {schema.SQLITE_SCHEMA_VERSION}): upgrade slurmrunner"
+                )
             if version != schema.SQLITE_SCHEMA_VERSION:  # new, or written by an older version
                 with self._tx() as conn:
                     schema.upgrade_sqlite_file(conn)
@@ -338,11 +343,15 @@ class Store(RunQueries, RetryStore):
         c = _tasks.c
         query = select(c.args).where(c.run_id == run_id).order_by(c.idx)
         if isinstance(indices, range):
-            query = query.where(c.idx >= indices.start, c.idx < indices.stop)
+            parts = [query.where(c.idx >= indices.start, c.idx < indices.stop)]
         else:
-            query = query.where(c.idx.in_(sorted(indices)))
+            order = sorted(indices)
+            parts = [
+                query.where(c.idx.in_(order[k : k + _SAVE_CHUNK]))
+                for k in range(0, len(order), _SAVE_CHUNK)
+            ]
         with self._read() as conn:
-            return [json.loads(a) for a in conn.execute(query).scalars()]
+            return [json.loads(a) for part in parts for a in conn.execute(part).scalars()]
 
     def save_results(self, run_id: str, results: Iterable[TaskResult]) -> None:
         """Each task's result, unless one was saved before (by any process); the status

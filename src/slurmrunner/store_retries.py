@@ -20,7 +20,7 @@ from . import store_schema as schema
 from .errors import SlurmRunnerError
 from .results import TaskResult
 
-_tasks, _jobs, _counts = schema.tasks, schema.jobs, schema.status_counts
+_tasks, _jobs, _runs = schema.tasks, schema.jobs, schema.runs
 _CHUNK = 1000  # indices per statement (bound-parameter limits)
 
 # The failed tasks among these, locked until the retry's transaction ends (FOR UPDATE on
@@ -35,6 +35,7 @@ _FAILED = (
     .order_by(_tasks.c.idx)
     .with_for_update()
 )
+_STATE = select(_runs.c.state).where(_runs.c.id == bindparam("run_id")).with_for_update()
 _REOPEN = (
     update(_tasks)
     .where(_tasks.c.run_id == bindparam("rid"), _tasks.c.idx == bindparam("i"))
@@ -61,12 +62,17 @@ class RetryStore:
         def _tx(self) -> AbstractContextManager[Connection]: ...
 
     def failed_results(
-        self, run_id: str, indices: Collection[int] | None = None
+        self,
+        run_id: str,
+        indices: Collection[int] | None = None,
+        causes: Collection[str] | None = None,
     ) -> list[TaskResult]:
         """The run's failed tasks' results as stored (their earlier attempts in them), by
-        index; only those among `indices` when given."""
+        index; only those among `indices`, of `causes`, when given."""
         c = _tasks.c
         query = select(c.result).where(c.run_id == run_id, c.status == "failed").order_by(c.idx)
+        if causes is not None:
+            query = query.where(c.cause.in_(sorted(causes)))
         wanted = sorted(indices) if indices is not None else None
         with self._read() as conn:
             if wanted is None:
@@ -83,14 +89,22 @@ class RetryStore:
         run_id: str,
         shapes: Mapping[int, tuple[dict[str, Any], dict[str, Any]]],
         jobs: Sequence[tuple[list[int], str]],
+        states: Collection[str] = ("running",),
     ) -> list[int]:
         """Make the failed tasks of `shapes` (index -> (the resources their failed attempt ran
         with, unless its result says; those of the next)) unfinished again, keeping the failed
         attempt in their history, and add `jobs` ((task indices, retry plan JSON) each, state
-        NEW) with the next indices of the run's jobs, which it returns. All or nothing:
-        RetryConflictError when a task is no longer failed."""
+        NEW) with the next indices of the run's jobs, which it returns; the run is `running`
+        again. All or nothing, and only from a run in one of `states` (the policy's retries
+        only while it runs: a cancelled run's last failures are not retried): else, or when a
+        task is no longer failed, RetryConflictError."""
         order = sorted(shapes)
         with self._tx() as conn:
+            # The run's row locked first (PostgreSQL; SQLite holds the database's write lock):
+            # two retries of one run wait for each other, so job indices never collide.
+            state = conn.execute(_STATE, {"run_id": run_id}).scalar()
+            if state not in states:
+                raise RetryConflictError(f"run {run_id} is {state}: not retried")
             found: dict[int, str] = {}
             for k in range(0, len(order), _CHUNK):
                 params = {"run_id": run_id, "indices": order[k : k + _CHUNK]}
@@ -130,4 +144,6 @@ class RetryStore:
                 )
             if new:
                 conn.execute(insert(_jobs).values(state="NEW"), new)
+            if state != "running":
+                conn.execute(update(_runs).where(_runs.c.id == run_id).values(state="running"))
             return [row["idx"] for row in new]
