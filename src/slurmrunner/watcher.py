@@ -289,6 +289,14 @@ class Watcher(SharedReads):
             self._failed(e, exc)
 
     def _leave(self, e: Entry, done: bool = True) -> None:
+        # Under the run's lock: a retry (from another thread) makes it unfinished again,
+        # either before this (it stays) or after its end is saved (the retry runs it again).
+        with e.run._lock:
+            if done and not e.run._closed and not e.run.all_ended:
+                return  # a retry came in since the cycle saw it ended: watched on
+            self._leave_now(e, done)
+
+    def _leave_now(self, e: Entry, done: bool) -> None:
         del self._entries[e.run.id]
         self._guard(e, e.run._flush_counters)  # what is still counted here
         ident = self._identities[e.keys.identity]
