@@ -39,6 +39,8 @@ from .service.schemas.runs import (
     DEFAULT_LOG_BYTES,
     Cancelled,
     ResultsPage,
+    Retried,
+    RetryCreate,
     RunCreate,
     RunDetail,
     RunRead,
@@ -168,6 +170,36 @@ class Client:
         # Tried again like a read: cancelling a cancelled run cancels nothing more.
         response = self._retrying()(self._send, "POST", _run_path(run_id) + "/cancel")
         return Cancelled.model_validate(response.json())
+
+    def retry(
+        self,
+        run_id: str,
+        causes: Sequence[str] | None = None,
+        indices: Sequence[int] | None = None,
+        mem: str | None = None,
+        time: str | None = None,
+    ) -> Retried:
+        """Run the run's failed tasks again, in new jobs of the same run: those of `causes`
+        (default: every failed task), or only `indices`, with `mem` (`2x`, `+2G`, `8G`) and
+        `time` (`2x`, `+30:00`, `2:00:00`) grown from their last attempt's. Returns at once
+        (the service submits the jobs). ClientRefusedError naming the field when nothing
+        chosen failed, a growth is malformed or over the admin's bounds (checked here first
+        with the service's request schema), when the run was cancelled, or when its tasks
+        were retried by someone else first; ClientNotFoundError for a run that is not yours."""
+        try:
+            body = RetryCreate(
+                causes=None if causes is None else list(causes),
+                indices=None if indices is None else list(indices),
+                mem=mem,
+                time=time,
+            )
+        except ValidationError as exc:
+            problems = [(list(e["loc"]), e["msg"]) for e in exc.errors()]
+            raise _refused(problems, 422, exc.errors(include_url=False)) from None
+        # Never tried again: see the module's docstring.
+        path = _run_path(run_id) + "/retry"
+        response = self._send("POST", path, json=body.model_dump(mode="json", exclude_none=True))
+        return Retried.model_validate(response.json())
 
     def wait(
         self,

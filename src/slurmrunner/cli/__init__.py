@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import admin_cmds, config_cmds, inspect_cmds, run_cmds, service_cmds
+from . import admin_cmds, config_cmds, inspect_cmds, retry_cmds, run_cmds, service_cmds
 
 app = typer.Typer(
     help="Run a command over many inputs on SLURM (or locally), on behalf of a user.",
@@ -57,6 +57,7 @@ app.command(epilog=run_cmds.EXIT_CODES)(run_cmds.wait)
 app.command("results")(inspect_cmds.results)
 app.command()(inspect_cmds.logs)
 app.command()(run_cmds.cancel)
+app.command(epilog=retry_cmds.EXAMPLES)(retry_cmds.retry)
 app.command()(inspect_cmds.runs)
 app.command()(service_cmds.serve)
 config_app.command("check")(config_cmds.check)

@@ -126,6 +126,20 @@ def failure_causes(results: list[TaskResult]) -> Counter[str]:
     return Counter(r.error.cause for r in results if r.error and r.status == "failed")
 
 
+#: The run's counter of tasks sent again (`retry`, or the admin's retry policy): a task
+#: retried twice counts twice. Shown on a line of its own, not among the cluster calls.
+RETRIED = "retried_tasks"
+
+
+def retried_cell(status: RunStatus, results: list[TaskResult]) -> str | None:
+    """`3 (2 ok on a later attempt)`; None for a run never retried."""
+    retried = status.calls.get(RETRIED, 0)
+    if not retried:
+        return None
+    ok = sum(1 for r in results if r.attempts and r.status == "ok")
+    return f"{retried}" + (f" ({ok} ok on a later attempt)" if ok else "")
+
+
 def summary(
     run: RunView, status: RunStatus, elapsed: float | None = None, state: str | None = None
 ) -> None:
@@ -147,9 +161,12 @@ def summary(
     pending = status.n_tasks - status.finished
     if pending:
         table.add_row("unfinished", str(pending))
+    retried = retried_cell(status, results)
+    if retried:
+        table.add_row("retried tasks", retried)
     jobs = ", ".join(f"{s}: {n}" for s, n in sorted(status.jobs.items()))
     table.add_row("jobs", escape(jobs))
-    calls = ", ".join(f"{name}: {n}" for name, n in sorted(status.calls.items()))
+    calls = ", ".join(f"{name}: {n}" for name, n in sorted(status.calls.items()) if name != RETRIED)
     table.add_row("calls", escape(calls or "none"))
     if status.warnings:
         table.add_row("warnings", f"{len(set(status.warnings))} (printed as they came)")
@@ -166,6 +183,7 @@ def summary(
 
 
 def status_dict(run: RunView, st: RunStatus, state: str) -> dict[str, Any]:
+    results = run.results()
     return {
         "run_id": run.id,
         "state": state,
@@ -173,7 +191,10 @@ def status_dict(run: RunView, st: RunStatus, state: str) -> dict[str, Any]:
         "finished": st.finished,
         "done": st.done,
         "counts": dict(st.counts),
-        "failure_causes": dict(failure_causes(run.results())),
+        "failure_causes": dict(failure_causes(results)),
+        # Tasks sent again so far (a task retried twice counts twice); each retried task's
+        # result holds its earlier `attempts`.
+        "retried_tasks": st.calls.get(RETRIED, 0),
         "jobs": dict(st.jobs),
         "calls": dict(st.calls),
         "warnings": sorted(set(st.warnings)),

@@ -1,6 +1,6 @@
 """The commands on a service (--server or $SLURMRUNNER_SERVER, with your API token): run,
-submit, wait, status, results, logs, cancel and runs through slurmrunner.Client, with the same
-output and exit statuses as on this machine: the writers of output.py and the watching of
+submit, wait, retry, status, results, logs, cancel and runs through slurmrunner.Client, with
+the same output and exit statuses as on this machine: the writers of output.py and the watching of
 driving.py take a RemoteRun as they take a local Run.
 
 Imported only when a server is given: the other commands do not load httpx.
@@ -9,8 +9,9 @@ Imported only when a server is given: the other commands do not load httpx.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.markup import escape
 
@@ -29,6 +30,9 @@ from .inspect_cmds import LOG_LIMIT_BYTES, run_row
 from .output import fail, say, status_dict, submitted, summary, write_json, write_log, write_results
 from .remote_run import RemoteRun, client_errors, connect
 
+if TYPE_CHECKING:
+    from .retry_cmds import RetryAsk
+
 # A field of the run request -> the command line's word for it, to name it in a refusal.
 _OPTIONS = {
     "command": "COMMAND",
@@ -37,11 +41,24 @@ _OPTIONS = {
     "call": "--call",
     "workdir": "--workdir",
 }
+# ... and of a retry's.
+_RETRY_OPTIONS = {"causes": "--cause", "indices": "--indices", "mem": "--mem", "time": "--time"}
 
-__all__ = ["cancel", "connect", "logs", "results", "run", "run_rows", "status", "submit", "wait"]
+__all__ = [
+    "cancel",
+    "connect",
+    "logs",
+    "results",
+    "retry",
+    "run",
+    "run_rows",
+    "status",
+    "submit",
+    "wait",
+]
 
 
-def _refusal(exc: ClientRefusedError) -> str:
+def _refusal(exc: ClientRefusedError, options: dict[str, str] = _OPTIONS) -> str:
     if not exc.problems:
         return str(exc)
     lines = []
@@ -49,7 +66,7 @@ def _refusal(exc: ClientRefusedError) -> str:
         if not loc:  # the message names its key itself (`resources.mem: ...`)
             lines.append(msg)
             continue
-        where = _OPTIONS.get(str(loc[0]), str(loc[0])) + "".join(f"[{p}]" for p in loc[1:])
+        where = options.get(str(loc[0]), str(loc[0])) + "".join(f"[{p}]" for p in loc[1:])
         lines.append(f"{where}: {msg}")
     return "\n".join(lines)
 
@@ -119,16 +136,55 @@ def submit(
 def wait(
     client: Client, run_id: str, results_path: Path | None, max_failures: int | None
 ) -> NoReturn:
+    def opening() -> RemoteRun:
+        watched = RemoteRun(client, client.run(run_id))
+        say(escape(watching_line(watched.id, watched.info.finished, watched.n_tasks)))
+        return watched
+
+    watch(opening, results_path, max_failures)
+
+
+def watch(
+    opening: Callable[[], RemoteRun], results_path: Path | None, max_failures: int | None
+) -> NoReturn:
+    """`wait`'s watching of a run on the service to its end (`retry`'s too): `opening` finds
+    the run (and says the first line), then as `run`. A signal stops the watching only."""
     t0 = time.monotonic()
     check_results_path(results_path)
 
     def begin(driving: Driving) -> RemoteRun:
-        watched = driving.run = RemoteRun(client, client.run(run_id))
-        say(escape(watching_line(watched.id, watched.info.finished, watched.n_tasks)))
+        watched = driving.run = opening()
         return watched
 
     # The calling form is not in the service's answer: no hint about it (None).
     run_to_end(begin, results_path, t0, max_failures, None, cancel=False)
+
+
+def retry(
+    client: Client,
+    run_id: str,
+    ask: RetryAsk,
+    results_path: Path | None,
+    max_failures: int | None,
+    detach: bool,
+) -> None:
+    def start() -> str:
+        from .retry_cmds import retry_line
+
+        try:
+            done = client.retry(run_id, **ask.keywords())
+        except ClientRefusedError as exc:
+            fail(_refusal(exc, _RETRY_OPTIONS))
+        except ClientError as exc:
+            fail(str(exc))
+        say(escape(retry_line(done.run_id, done.n_tasks, done.n_jobs, done.causes, ask)))
+        return done.run_id
+
+    if detach:
+        with on_signal(cancel=False):  # a signal after the POST: the service has the retry
+            start()
+        return
+    watch(lambda: RemoteRun(client, client.run(start())), results_path, max_failures)
 
 
 def status(client: Client, run_id: str, json_out: bool) -> None:

@@ -1,10 +1,11 @@
-"""Commands that start or stop work: render, run, submit, wait, cancel."""
+"""Commands that start or stop work: render, run, submit, wait, cancel (retry: retry_cmds)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -179,10 +180,26 @@ def wait(
     check_results_path(results)
     attached = attach(run_id, store)
 
-    def begin(driving: Driving) -> Run:
-        driving.run = attached
+    def opening() -> None:
         done = sum(attached.store.status_counts(attached.id).values())
         say(escape(watching_line(attached.id, done, attached.n_tasks)))
+
+    watch_run(attached, results, max_failures, t0, opening)
+
+
+def watch_run(
+    attached: Run,
+    results: Path | None,
+    max_failures: int | None,
+    t0: float,
+    opening: Callable[[], None],
+) -> NoReturn:
+    """`wait`'s watching of a stored run to its end (`retry`'s too): `opening` first (the
+    first line; the retry), then as `run`. A signal stops the watching, never the run."""
+
+    def begin(driving: Driving) -> Run:
+        driving.run = attached
+        opening()
         return attached
 
     run_to_end(begin, results, t0, max_failures, attached.spec.call, cancel=False)

@@ -4,7 +4,9 @@ A run is planned and stored in the request (the core's checks refuse it before a
 exists: its resources, the admin's config and policy, the Resource's limits); its folder and
 jobs are made by the service's watcher thread (watching.py), so a slow cluster never holds a
 request. Every read is scoped to its owner: another user's run is not found (404), so its
-existence does not leak; a superuser may read and cancel any run.
+existence does not leak; a superuser may read, cancel and retry any run. A retry is stored in
+the request, like a run (its checks refuse it before anything is submitted), and its jobs are
+submitted by the watcher thread.
 """
 
 from __future__ import annotations
@@ -13,22 +15,34 @@ import json
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
+from sqlalchemy.orm import Session
+
 from ..backends import backend_for
-from ..errors import BatchingError, ConfigError, HostError, RunNotFoundError
+from ..errors import BatchingError, ConfigError, HostError, PolicyError, RunNotFoundError
+from ..policy import check_profile
 from ..run import Run
 from ..runner import Runner
 from ..runspec import RunSpec
 from ..store import RunRow, Store
 from ..store_queries import StatusFilter
+from ..store_retries import RetryConflictError
 from ..tasklogs import LogTail, empty_log, read_log
 from .auth import Caller
-from .checks import core_profile
+from .checks import core_profile, runner_config
 from .errors import ClusterUnavailable, Conflict, Invalid, NotFound, ServiceBusy
-from .models import User
-from .schemas.runs import JobRead, RunCreate, RunDetail, RunRead
+from .models import Resource, User
+from .schemas.runs import (
+    RETRY_INDICES_SHOWN,
+    JobRead,
+    Retried,
+    RetryCreate,
+    RunCreate,
+    RunDetail,
+    RunRead,
+)
 from .watching import ServiceWatcher
 
 log = logging.getLogger("slurmrunner.service")
@@ -72,9 +86,10 @@ def owned_run(store: Store, user: Caller | User, run_id: str) -> RunRow:
     return store.run(found)
 
 
-def run_object(store: Store, row: RunRow) -> Run:
-    """A Run on the stored run, for reading its logs or cancelling it (never driven here)."""
-    return Runner.attach(row.id, store)
+def run_object(store: Store, row: RunRow, watching: ServiceWatcher | None = None) -> Run:
+    """A Run on the stored run, for cancelling it (never driven here), or, with `watching`, for
+    its watcher to drive (a retry of a run that had ended)."""
+    return Runner.attach(row.id, store, watching.poll_policy if watching else None)
 
 
 def create_run(store: Store, watching: ServiceWatcher, user: User, body: RunCreate) -> RunRow:
@@ -196,11 +211,13 @@ def run_detail(store: Store, row: RunRow) -> RunDetail:
         )
         for j in store.jobs(row.id)
     ]
+    calls = store.counters(row.id)
     return RunDetail(
         **run_read(store, row).model_dump(),
         causes=dict(store.cause_counts(row.id)),
         jobs=jobs,
-        calls=store.counters(row.id),
+        calls=calls,
+        retried_tasks=calls.get("retried_tasks", 0),
     )
 
 
@@ -263,3 +280,104 @@ def cancel_run(store: Store, watching: ServiceWatcher, user: Caller | User, row:
     n = watching.cancel(row.id, lambda: run_object(store, row))
     log.info("run %s cancel: user=%s jobs=%d", row.id, user.email, n)
     return n
+
+
+def retry_run(
+    store: Store,
+    watching: ServiceWatcher,
+    sessions: Callable[[], Session],
+    user: Caller | User,
+    row: RunRow,
+    body: RetryCreate,
+) -> Retried:
+    """Run the chosen failed tasks of the run again (ServiceWatcher.retry): refused with 409
+    while its Resource takes no new runs, when the Resource's impersonation policy no longer
+    accepts the run's identity, for a cancelled run, or when another request retried them
+    first; with 422 naming the field when the choice or the growth cannot be planned."""
+    if row.state in ("cancelled", "submitting"):
+        raise Conflict(f"run {row.id} is {row.state}: nothing of it can be retried")
+    _check_resource(sessions, row)
+    causes_of = {r.index: r.error.cause for r in store.failed_results(row.id) if r.error}
+    try:
+        started = watching.retry(
+            row.id,
+            lambda: run_object(store, row, watching),
+            body.causes,
+            body.indices,
+            body.mem,
+            body.time,
+        )
+    except RetryConflictError as exc:
+        raise Conflict(str(exc)) from None
+    except PolicyError as exc:  # the run's identity, under the policy it was stored with
+        raise Conflict(f"this run's identity is refused now: {exc}") from None
+    except HostError as exc:
+        raise ClusterUnavailable(f"the cluster did not answer: {exc}") from None
+    except (ConfigError, BatchingError) as exc:
+        state = store.run(row.id).state
+        if state in ("cancelled", "submitting"):  # cancelled since it was read
+            raise Conflict(str(exc)) from None
+        raise Invalid.one(_retry_field(str(exc), body), _retry_words(str(exc)), "retry") from None
+    causes = Counter(causes_of.get(i, "unknown") for i in started.indices)
+    log.info(
+        "run %s retry: user=%s tasks=%d jobs=%d causes=%s mem=%s time=%s",
+        row.id,
+        user.email,
+        started.n_tasks,
+        started.n_jobs,
+        ",".join(sorted(causes)),
+        body.mem or "-",
+        body.time or "-",
+    )
+    return Retried(
+        run_id=row.id,
+        n_tasks=started.n_tasks,
+        n_jobs=started.n_jobs,
+        indices=started.indices[:RETRY_INDICES_SHOWN],
+        causes=dict(causes),
+        state=store.run(row.id).state,
+    )
+
+
+def _check_resource(sessions: Callable[[], Session], row: RunRow) -> None:
+    """The run's Resource, as for a new run: taking runs, and accepting the run's identity
+    under its impersonation policy of now (it may have changed since the run began)."""
+    if row.resource_id is None:
+        return
+    with sessions() as db:
+        resource = db.get(Resource, row.resource_id)
+        if resource is None:
+            return
+        if resource.prevent_new_submissions:
+            raise Conflict(
+                f"Resource {resource.name!r} takes no new runs for now "
+                "(prevent_new_submissions is set by an admin): no retries either"
+            )
+        config = runner_config(resource)
+    try:
+        check_profile(stored_spec(row).profile, config.impersonation)
+    except PolicyError as exc:
+        raise Conflict(f"the Resource's impersonation policy refuses this run now: {exc}") from None
+
+
+def _retry_field(message: str, body: RetryCreate) -> tuple[str, ...]:
+    """Which field of the request a refusal of the core's is about (ConfigError and
+    BatchingError name what they refuse at the start of their message)."""
+    for field, starts in (
+        ("mem", ("mem:", "mem=")),
+        ("time", ("time:", "time=")),
+        ("indices", ("--indices:",)),
+    ):
+        if message.startswith(starts):
+            return ("body", field)
+    if message.startswith("no failed task") and body.causes:
+        return ("body", "causes")
+    return ("body",)
+
+
+def _retry_words(message: str) -> str:
+    """The core's message, without the field it names first (the location names it)."""
+    for prefix in ("mem: ", "time: ", "--indices: "):
+        if message.startswith(prefix):
+            return message.removeprefix(prefix)
+    return message

@@ -4,7 +4,8 @@ Started with the app (its lifespan): it first takes back every run the database 
 finished (a restart after SIGKILL, or after a clean stop, resumes them: jobs already submitted
 are watched, not submitted again, see store.claim_job), then cycles until the app stops. A new
 run is handed over by the POST that stored it (`add(run, start=True)`): the request returns at
-once, the run's folder and sbatch happen in this thread.
+once, the run's folder and sbatch happen in this thread. A retry (`retry`) is stored by the
+request, on the watcher's own Run object when it has one, and submitted here as well.
 
 On a clean stop (SIGTERM) the runs are left running on the cluster and resumed at the next
 start; a Resource's `local` jobs run on this machine, so the admin chooses (`serve
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
 from ..pacing import PollPolicy
-from ..run import Run
+from ..run import RetryStarted, Run
 from ..runner import Runner
 from ..store import Store
 from ..watcher import Watcher
@@ -43,6 +44,7 @@ class ServiceWatcher:
         self.local_jobs_on_stop = local_jobs_on_stop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._retrying = threading.Lock()  # one retry at a time: see retry
         self.resumed: list[str] = []
 
     @property
@@ -80,6 +82,32 @@ class ServiceWatcher:
         if any(r.id == run_id for r in self.watcher.runs()):
             return self.watcher.cancel(run_id)
         return make_run().cancel()
+
+    def retry(
+        self,
+        run_id: str,
+        make_run: Callable[[], Run],
+        causes: Collection[str] | None = None,
+        indices: Collection[int] | None = None,
+        mem: str | None = None,
+        time: str | None = None,
+    ) -> RetryStarted:
+        """Store a retry of the run's failed tasks (Run.retry, with submit=False: the caller's
+        thread makes no sbatch); the watcher's next cycle submits its jobs. The watcher's own
+        Run object is used when it has one (its lock orders the retry between two steps, and
+        it learns which tasks are unfinished again); else `make_run` builds one, which is
+        then watched (resumed: it submits the new jobs). One retry at a time in this process:
+        two at once on a run not watched would each build a Run, and the one watched would
+        not know of the other's tasks. Raises as Run.retry does."""
+        with self._retrying:
+            run = next((r for r in self.watcher.runs() if r.id == run_id), None)
+            if run is None:
+                run = make_run()
+            started = run.retry(causes, indices, mem, time, submit=False)
+            # Watched from the next cycle; nothing when it is still watched. A run whose last
+            # step saw every task ended may have left the watcher meanwhile: taken back.
+            self.watcher.add(run, resume=True)
+            return started
 
     def stop(self) -> None:
         """Stop the loop (runs keep running on the cluster); cancel local jobs if asked."""

@@ -17,6 +17,7 @@ from ..runs import (
     create_run,
     owned_run,
     result_pages,
+    retry_run,
     run_detail,
     run_read,
     run_reads,
@@ -30,6 +31,8 @@ from ..schemas.runs import (
     Cancelled,
     ResultsPage,
     ResultsStatus,
+    Retried,
+    RetryCreate,
     RunCreate,
     RunDetail,
     RunRead,
@@ -163,3 +166,18 @@ def post_cancel(run_id: RunId, user: CurrentCaller, request: Request) -> Cancell
     row = owned_run(store, user, run_id)
     n = cancel_run(store, _watching(request), user, row)
     return Cancelled(run_id=row.id, cancelled_jobs=n, state=store.run(row.id).state)
+
+
+@router.post("/{run_id}/retry", response_model=Retried)
+def post_retry(run_id: RunId, body: RetryCreate, user: CurrentCaller, request: Request) -> Retried:
+    """Run failed tasks again, in new jobs of the same run: those of `causes` (default: every
+    failed task), or only `indices`, with `mem` (`2x`, `+2G`, `8G`) and `time` (`2x`, `+30:00`,
+    `2:00:00`) grown from what their last attempt had. The jobs are planned and stored here
+    (422 naming the field when the choice names no failed task or cannot be planned within the
+    admin's bounds, e.g. over max_mem_per_job) and submitted by the service's watcher. 409 for
+    a cancelled run, a Resource that takes no new runs, or tasks another request retried first.
+    Each retried task's result then carries its earlier `attempts`."""
+    store = _store(request)
+    row = owned_run(store, user, run_id)
+    sessions = request.app.state.sessionmaker
+    return retry_run(store, _watching(request), sessions, user, row, body)

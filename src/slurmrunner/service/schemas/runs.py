@@ -11,8 +11,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
+from ...errors import ConfigError
+from ...retries import RETRYABLE_CAUSES, parse_growth
 from ...runspec import CALL_FORMS
-from .common import AbsolutePath, Request, Response, no_control
+from .common import MAX_ID, AbsolutePath, Request, Response, no_control
 
 # A command line: bounded like a shell's, each argument free of control characters other than
 # tab (an argument may hold a tab; a NUL cannot reach exec, a line break would reach scripts).
@@ -25,6 +27,9 @@ MAX_PAGE = 5000
 #: The most of a log one request returns (the log's end).
 MAX_LOG_BYTES = 1 << 20
 DEFAULT_LOG_BYTES = 64 << 10
+#: Task indices one retry may name, and how many of those it took its answer lists.
+MAX_RETRY_INDICES = 100_000
+RETRY_INDICES_SHOWN = 1000
 
 
 def _arg(value: str) -> str:
@@ -80,6 +85,7 @@ class RunDetail(RunRead):
     causes: dict[str, int]  # tasks not ok, by cause (out_of_memory, time_limit, ...)
     jobs: list[JobRead]
     calls: dict[str, int]  # calls to the cluster made for this run (sbatch, squeue, cat, ...)
+    retried_tasks: int = 0  # tasks sent again so far (a task retried twice counts twice)
 
 
 class ResultsPage(Response):
@@ -94,4 +100,49 @@ class ResultsPage(Response):
 class Cancelled(Response):
     run_id: str
     cancelled_jobs: int
+    state: str
+
+
+def _growth(what: str) -> AfterValidator:
+    """`mem`: 2x, +2G or 8G; `time`: 2x, +30:00 or 2:00:00 (retries.parse_growth's words)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_growth(value, what)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix(f"{what}: ")) from None
+        return value
+
+    return AfterValidator(check)
+
+
+RetryCause = Literal[RETRYABLE_CAUSES]  # type: ignore[valid-type]
+TaskIndex = Annotated[int, Field(ge=0, le=MAX_ID)]
+Growth = Annotated[str, StringConstraints(max_length=64), AfterValidator(no_control)]
+
+
+class RetryCreate(Request):
+    """Run a run's failed tasks again, in new jobs of the same run: those of `causes` (every
+    failed task when not given), only `indices` if given, with memory and time grown."""
+
+    causes: list[RetryCause] | None = Field(  # type: ignore[valid-type]
+        default=None, min_length=1, max_length=len(RETRYABLE_CAUSES)
+    )
+    indices: list[TaskIndex] | None = Field(
+        default=None, min_length=1, max_length=MAX_RETRY_INDICES
+    )
+    mem: Annotated[Growth | None, _growth("mem")] = None
+    time: Annotated[Growth | None, _growth("time")] = None
+
+
+class Retried(Response):
+    """What a retry took. `indices`: the first RETRY_INDICES_SHOWN of its tasks, by index
+    (all of them when n_tasks is no more)."""
+
+    run_id: str
+    n_tasks: int
+    n_jobs: int
+    indices: list[int]
+    causes: dict[str, int]  # the retried tasks by the cause of their failure
     state: str

@@ -1,6 +1,6 @@
 """A run's pages: the run (counts, failures by cause, the tasks table, the jobs and the first
 job's script, histograms), its live progress fragment, a task's log, a job's script, the
-timeline, and the cancel form.
+timeline, and the cancel and retry forms.
 
 Every read is bounded: counts come from kept counters, the table is one page from the store
 (queries.task_page), the charts a sample (Store.results_sample), the timeline's spans one
@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
 
+from ...retries import RETRYABLE_CAUSES
 from ...store import JobRow, RunRow, Store
 from ...tasklogs import LogUnreadable
-from ..errors import NotFound
-from ..runs import cancel_run, owned_run, run_read, task_log
+from ..errors import NotFound, ServiceError
+from ..runs import cancel_run, owned_run, retry_run, run_read, task_log
 from ..schemas.common import MAX_ID
-from ..schemas.runs import MAX_LOG_BYTES
+from ..schemas.runs import MAX_LOG_BYTES, RetryCreate
 from . import charts, queries, scripts, timeline, views
-from .forms import FormFields, see_other
+from .forms import FORM, FormFields, optional, problems_of, see_other
 from .session import PageNotFound, WebSession, check_csrf, current_session
 
 router = APIRouter(prefix="/web/runs", include_in_schema=False)
@@ -45,9 +48,19 @@ def _owned(request: Request, session: WebSession, run_id: str) -> RunRow:
         raise PageNotFound(str(exc)) from None
 
 
-def _job_of(jobs: list[JobRow], index: int) -> JobRow | None:
-    k = bisect.bisect_right([j.first_task for j in jobs], index) - 1
-    return jobs[k] if k >= 0 else None
+def _job_finder(jobs: list[JobRow]) -> Callable[[int], JobRow | None]:
+    """A task's newest job: its retry's latest, else the run's job whose range holds it."""
+    retried = {i: j for j in jobs if j.task_list is not None for i in j.task_list}
+    plain = [j for j in jobs if j.task_list is None]
+    starts = [j.first_task for j in plain]
+
+    def job_of(index: int) -> JobRow | None:
+        if index in retried:
+            return retried[index]
+        k = bisect.bisect_right(starts, index) - 1
+        return plain[k] if k >= 0 else None
+
+    return job_of
 
 
 def _unfinished_status(job: JobRow | None) -> str:
@@ -70,8 +83,9 @@ def _table(
         show,  # type: ignore[arg-type]
     )
     lines = []
+    job_of = _job_finder(jobs)
     for t in found:
-        job = _job_of(jobs, t.index)
+        job = job_of(t.index)
         r = t.result
         lines.append(
             {
@@ -82,6 +96,8 @@ def _table(
                 "max_rss_mb": r.max_rss_mb if r else None,
                 "job": (r.job_id if r else None) or (job.job_id if job else None) or "",
                 "finished": r is not None,
+                # Which attempt the result is, for a task retried (None: its first and only).
+                "attempt": len(r.attempts) + 1 if r and r.attempts else None,
             }
         )
     finished = sum(counts.values())
@@ -144,6 +160,7 @@ def run_page(
         final=row.state in views.FINAL_STATES,
         bar=charts.progress(read.counts, row.n_tasks),
         groups=views.failure_groups(store, row.id, causes),
+        retry_causes=[c for c in causes if c in RETRYABLE_CAUSES],
         end_of=views.end_of,
         table=_table(store, row, jobs, read.counts, params),
         sorts=queries.SORTS,
@@ -288,4 +305,34 @@ def cancel(request: Request, session: Signed, run_id: str, form: FormFields) -> 
     store = views.store_of(request)
     row = _owned(request, session, run_id)
     cancel_run(store, request.app.state.watching, session.user, row)
+    return see_other(f"/web/runs/{row.id}")
+
+
+@router.post("/{run_id}/retry", response_model=None)
+def retry(request: Request, session: Signed, run_id: str, form: FormFields) -> Response:
+    """Every failed task of the cause chosen (blank: of every cause) runs again, with the
+    memory and time given (blank: as before); refused on a page saying why."""
+    check_csrf(session.csrf, form.get("csrf"))
+    store = views.store_of(request)
+    row = _owned(request, session, run_id)
+    fields = optional(form, "cause", "mem", "time")
+    cause = fields.pop("cause")
+    try:
+        body = RetryCreate(causes=[cause] if cause else None, **fields)
+        retry_run(
+            store,
+            request.app.state.watching,
+            request.app.state.sessionmaker,
+            session.user,
+            row,
+            body,
+        )
+    except (ValidationError, ServiceError) as exc:
+        problems = problems_of(exc, ("causes", "mem", "time"))
+        said = [m if n == FORM else f"{n}: {m}" for n in problems.by_field for m in problems.of(n)]
+        status = exc.status_code if isinstance(exc, ServiceError) else 422
+        return views.render(
+            request, "error.html", status, session=session, title="Not retried",
+            message="; ".join(said), back=f"/web/runs/{row.id}",
+        )  # fmt: skip
     return see_other(f"/web/runs/{row.id}")
