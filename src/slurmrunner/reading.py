@@ -187,7 +187,15 @@ class Reading:
             if w.attempt > attempt:  # its start line says so before squeue may have
                 self._requeued(row)
             self._report_bad_lines(row, w)
-        self._save(fresh)
+        try:
+            self._save(fresh)
+        except Exception:
+            # Not saved (the database went away): the next look reads these jobs' files again
+            # from their start, with new watches as a reattaching process does (what was saved
+            # before is skipped then). Kept, the watches would have these records lost.
+            for row in plan.rows:
+                self._watch.pop(row.idx, None)
+            raise
         return news
 
     def _cat_errors(self, stderr: str) -> None:

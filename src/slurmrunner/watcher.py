@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import OperationalError
+
 from .errors import HostError, TransientSchedulerError
 from .pacing import PollPolicy, ReadPace
 from .watchreads import Entry, Identity, RunKeys, SharedReads, run_keys
@@ -37,6 +39,10 @@ __all__ = ["RunKeys", "Watcher", "WatcherStats", "run_keys"]
 log = logging.getLogger("slurmrunner")
 
 ERROR_BACKOFF_MAX_S = 60.0
+#: A database that cannot be reached (a restart) is every run's trouble, not one run's fault:
+#: its runs retry at most this far apart, so they carry on within seconds of its return instead
+#: of up to ERROR_BACKOFF_MAX_S later. A retry while it is down costs a refused connection.
+DB_ERROR_BACKOFF_MAX_S = 8.0
 #: A run's call counters are saved this often (a write per run): they are for reading later.
 COUNTERS_EVERY_S = 5.0
 FINAL_RUN_STATES = ("done", "cancelled", "failed")
@@ -265,7 +271,8 @@ class Watcher(SharedReads):
     def _failed(self, e: Entry, exc: BaseException) -> None:
         e.ok = False
         e.errors += 1
-        e.retry_at = self._clock() + min(2.0 ** (e.errors - 1), ERROR_BACKOFF_MAX_S)
+        most = DB_ERROR_BACKOFF_MAX_S if isinstance(exc, OperationalError) else ERROR_BACKOFF_MAX_S
+        e.retry_at = self._clock() + min(2.0 ** (e.errors - 1), most)
         self._errors += 1
         self.stats.failed(e.run.id)
         log.error("run %s step failed: user=%s %r", e.run.id, e.run.user, exc, exc_info=exc)
@@ -323,6 +330,13 @@ class Watcher(SharedReads):
             e.start = e.resume = False
             try:
                 run.start()  # flushes the run's counters: its jobs count as the submissions
+            except OperationalError:
+                # The database went away (a restart), not the run: failing it would need the
+                # database too, and a run left unstarted but not failed is never submitted.
+                # Taken up once the database answers, as a restarted server would (resume:
+                # start again, keeping the folder; claimed jobs are found, not resubmitted).
+                e.resume = True
+                raise
             except Exception as exc:
                 # Not to be tried again (its folder is refused once made): what went through
                 # is cancelled, and the run is failed, saying why.
@@ -336,7 +350,11 @@ class Watcher(SharedReads):
             return  # its jobs, read next, count as its submissions
         if e.resume:
             e.resume = False
-            run.resume()  # a run whose start never ended gets its folder first
+            try:
+                run.resume()  # a run whose start never ended gets its folder first
+            except OperationalError:
+                e.resume = True  # the database's fault (see above): again once it answers
+                raise
         run._submit_due()  # jobs that waited for room in the user's queue
         e.submitted = run.calls[submit] - before
 

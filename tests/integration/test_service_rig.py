@@ -220,6 +220,8 @@ def test_postgresql_restart_mid_run(svc: Rig) -> None:
     # Down while the jobs run and results come in: the watcher must carry on after it. Seen
     # in squeue itself: the API's job state follows squeue at the watcher's adaptive pace
     # (up to squeue_max_s), and these 3 s jobs could end before it showed RUNNING (CI, once).
+    # The other run may still be starting then (its sbatch), or results being saved: neither
+    # may be lost to the outage.
     wait_for(lambda: running_names([f"sr-{r}-" for r in ids]), 60, "a job of the runs running")
     pg("pg-down")
     try:
@@ -228,7 +230,9 @@ def test_postgresql_restart_mid_run(svc: Rig) -> None:
         time.sleep(3)  # several watcher cycles with no database
     finally:
         pg("pg-up")
+    back = time.monotonic()
     details = wait_runs(runs, timeout=90)
+    print(f"runs finished {time.monotonic() - back:.1f}s after pg-up")  # shown with -s
     for run_id, user in zip(ids, ("carol", "dave"), strict=True):
         check_results(svc.users[user], run_id, xs, uid(user))
         assert details[run_id]["counts"] == {"ok": len(xs)}, details[run_id]
