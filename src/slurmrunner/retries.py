@@ -90,13 +90,16 @@ def parse_growth(text: str, what: str) -> Growth:
     return Growth("plus" if plus else "set", float(value))
 
 
-def _growth_text(what: str) -> Any:
+def growth_validator(what: str) -> AfterValidator:
+    """A pydantic check of a growth text (the config's rules, the API's retry body): the
+    error without the field's name, which the error's location gives."""
+
     def check(value: str | None) -> str | None:
         if value is not None:
             try:
                 parse_growth(value, what)
             except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+                raise ValueError(str(exc).removeprefix(f"{what}: ")) from None
         return value
 
     return AfterValidator(check)
@@ -118,10 +121,10 @@ class RetryRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_attempts: int = Field(ge=1, le=MAX_ATTEMPTS, description="attempts in all, the first too")
-    mem: Annotated[str | None, _growth_text("mem")] = Field(
+    mem: Annotated[str | None, growth_validator("mem")] = Field(
         default=None, description="per attempt: 2x, +2G or 8G"
     )
-    time: Annotated[str | None, _growth_text("time")] = Field(
+    time: Annotated[str | None, growth_validator("time")] = Field(
         default=None, description="per attempt: 2x, +30:00 or 2:00:00"
     )
 

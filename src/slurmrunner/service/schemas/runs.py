@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from ...errors import ConfigError
-from ...retries import RETRYABLE_CAUSES, parse_growth
+from ...retries import RETRYABLE_CAUSES, growth_validator
 from ...runspec import CALL_FORMS
 from .common import MAX_ID, AbsolutePath, Request, Response, no_control
 
@@ -103,18 +102,7 @@ class Cancelled(Response):
     state: str
 
 
-def _growth(what: str) -> AfterValidator:
-    """`mem`: 2x, +2G or 8G; `time`: 2x, +30:00 or 2:00:00 (retries.parse_growth's words)."""
-
-    def check(value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_growth(value, what)
-            except ConfigError as exc:
-                raise ValueError(str(exc).removeprefix(f"{what}: ")) from None
-        return value
-
-    return AfterValidator(check)
+_growth = growth_validator  # one check for the API and the config
 
 
 RetryCause = Literal[RETRYABLE_CAUSES]  # type: ignore[valid-type]
