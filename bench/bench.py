@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ HARNESS = BENCH_HOME / "harness"
 FRACTAL_PY = BENCH_HOME / "fractal-venv/bin/python"
 SUBMITIT_PY = BENCH_HOME / "submitit-venv/bin/python"
 SLURMRUNNER_PY = Path(os.environ.get("BENCH_SLURMRUNNER_PY", "/opt/slurmrunner/venv/bin/python"))
+#: --alt NAME=PYTHON: other installs of slurmrunner, run as contenders `slurmrunner-sudo@NAME`
+#: and `slurmrunner-ssh@NAME` interleaved with the others (an A/B comparison in one sitting).
+ALTS: dict[str, Path] = {}
 SYSTEM_PY = "/usr/bin/python3"
 
 RIG_ENV = {
@@ -61,6 +64,16 @@ SHIMMED = ("sbatch", "squeue", "sacct", "scancel", "sudo")
 TASK_SCRIPTS = {
     "noop": "#!/bin/sh\n# bench no-op task: accepts any arguments, does nothing\nexit 0\n",
     "sleep2": "#!/bin/sh\n# bench task: accepts any arguments, sleeps 2 s\nexec sleep 2\n",
+    # W5: the task's input back as its result, with shell builtins only (no process more
+    # than a no-op): `--args-json A --out-json B` (slurmrunner) copies A to B; the floor's
+    # `--line 'I JSON'` writes JSON to $BENCH_OUT/I.json.
+    "echo": "#!/bin/sh\n# bench echo task: writes its input back as its result\n"
+    'if [ "$1" = --line ]; then\n'
+    '  printf \'%s\\n\' "${2#* }" > "$BENCH_OUT/${2%% *}.json"\n'
+    "else\n"
+    '  while IFS= read -r line || [ -n "$line" ]; do printf \'%s\\n\' "$line"; done'
+    ' < "$2" > "$4"\n'
+    "fi\n",
 }
 
 
@@ -71,6 +84,7 @@ class Workload:
     task: str
     max_num_jobs: int
     what: str
+    input_bytes: int = 0  # each input's JSON padded to this size (0: {"i": i})
 
 
 @dataclass
@@ -89,7 +103,18 @@ WORKLOADS = {
     "W1": Workload("W1", 1000, "noop", 50, "1,000 no-op tasks (1 CPU, 100 MB each)"),
     "W2": Workload("W2", 64, "sleep2", 50, "64 tasks that each sleep 2 s (1 CPU, 100 MB each)"),
     "W3": Workload("W3", 5000, "noop", 10, "5,000 no-op tasks, max_num_jobs 10"),
+    # scale (issue 13), not in the default set: minutes per run
+    "W4": Workload("W4", 100_000, "noop", 50, "100,000 no-op tasks, max_num_jobs 50"),
+    "W5": Workload(
+        "W5",
+        100_000,
+        "echo",
+        50,
+        "100,000 inputs of 500 bytes each, each task's result its input; max_num_jobs 50",
+        input_bytes=500,
+    ),
 }
+DEFAULT_WORKLOADS = "W1,W2,W3"
 
 CONTENDERS = {
     "slurmrunner-sudo": "slurmrunner, `slurm_sudo` backend (server user slurmsrv -> sudo -u alice)",
@@ -102,8 +127,13 @@ CONTENDERS = {
     "submitit": "submitit SlurmExecutor.map_array, one job array (as alice)",
     "floor": "one hand-written sbatch job, `xargs -P 2` (as alice)",
 }
+ALT_BASES = ("slurmrunner-sudo", "slurmrunner-ssh", "slurmrunner-local")
 REFERENCE = ("fractal-sudo", "fractal-sudo-bigmem", "submitit")
-ONLY = {"submitit": ("W1", "W2"), "fractal-sudo-bigmem": ("W3",)}
+ONLY = {
+    "submitit": ("W1", "W2"),
+    "fractal-sudo": ("W1", "W2", "W3"),
+    "fractal-sudo-bigmem": ("W3",),
+}
 BIGMEM_MB = 4000
 
 
@@ -482,7 +512,7 @@ def run_one(
 
     keys = RIG_ENV.get("RIG_KEYS_DIR", "/etc/slurmrunner-rig/keys")
     if contender.startswith("slurmrunner"):
-        backend = contender.split("-", 1)[1]
+        backend, _, alt = contender.split("-", 1)[1].partition("@")
         profile: dict[str, Any] = {
             "sudo": {"backend": "slurm_sudo", "username": USER, "project_dir": user_dir},
             "ssh": {
@@ -502,10 +532,14 @@ def run_one(
             "store": str(work / "store.sqlite"),
             "command": [task],
             "n_tasks": w.n_tasks,
+            "input_bytes": w.input_bytes,
         }
         if opts.profile_server:
             spec["profile_out"] = str(work / "server.prof")
-        argv = [str(SLURMRUNNER_PY), str(HARNESS / "harness_slurmrunner.py")]
+        if opts.trace:
+            spec["trace"] = True
+        python = ALTS[alt] if alt else SLURMRUNNER_PY
+        argv = [str(python), str(HARNESS / "harness_slurmrunner.py")]
     elif contender.startswith("fractal-sudo"):
         if contender == "fractal-sudo-bigmem":
             config = limits_config(
@@ -548,6 +582,7 @@ def run_one(
             "partition": PARTITION,
             "mem_mb": parallel * lim.mem_per_task_mb,
             "timeout_s": opts.timeout,
+            "input_bytes": w.input_bytes,
         }
         argv = [SYSTEM_PY, str(HARNESS / "harness_floor.py")]
     else:
@@ -570,6 +605,7 @@ def run_one(
     }
     out_path, err_path = work / "harness.out", work / "harness.err"
     rpc_before = sdiag_counts()
+    load_before = os.getloadavg()[0]
     sampler = QueueSampler()
     sampler.start()
     slurmd_offset = log_offset()
@@ -649,6 +685,7 @@ def run_one(
         (ln for ln in out_path.read_text().splitlines() if ln.startswith("BENCH_RESULT ")), None
     )
     res.rig_restarted = sampler.restarted
+    load = {"load_before": load_before, "load_after": os.getloadavg()[0]}
     if line is None or timed_out:
         tail = err_path.read_text()[-1500:]
         why = (
@@ -660,8 +697,17 @@ def run_one(
         cleanup_jobs(contender, sampler, work)
     else:
         res.data = json.loads(line[len("BENCH_RESULT ") :])
-        res.ok = res.data.get("failed", 1) == 0 and res.data.get("n_results") == w.n_tasks
-        if not res.ok:
+        res.data.update(load)  # the 1-minute load average: the machine is shared
+        res.ok = (
+            res.data.get("failed", 1) == 0
+            and res.data.get("n_results") == w.n_tasks
+            and not res.data.get("wrong")
+        )
+        if not res.ok and res.data.get("wrong"):
+            res.error = (
+                f"{res.data['wrong']} results wrong, the first: {res.data.get('first_wrong')}"
+            )
+        elif not res.ok:
             res.error = f"{res.data.get('failed')} tasks failed: {res.data.get('first_error')}"
     bench_names = {"bench_task", "submitit", "bench-floor"}
     run_jobs = {
@@ -691,6 +737,10 @@ def run_one(
         if user == USER and name == our_names.get(contender):
             continue
         res.foreign_jobs.append(f"{job_id}:{user}:{name}")
+    if opts.trace and res.data.get("trace") is not None:
+        res.data["trace"] += job_events(res.data)
+        res.data["trace"].sort(key=lambda ev: ev[0])
+        log(format_trace(res.data["trace"]))
     if opts.profile_server and (work / "server.prof").exists():
         keep = HERE / "profiles"
         keep.mkdir(exist_ok=True)
@@ -699,6 +749,40 @@ def run_one(
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(user_dir, ignore_errors=True)
     return res
+
+
+def job_events(data: dict[str, Any]) -> list[list[Any]]:
+    """The worker's own times, read (as root) from the run's results files: each job's
+    start and end lines, its first and last task's end, as seconds since the harness's t0."""
+    t0, run_dir = data.get("t0_epoch"), data.get("run_dir")
+    if t0 is None or not run_dir or not Path(run_dir).is_dir():
+        return []
+    events: list[list[Any]] = []
+    ends: dict[Any, list[float]] = {}
+    for path in sorted(Path(run_dir).rglob("*.jsonl")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") in ("start", "end") and "t" in rec:
+                events.append(
+                    [round(rec["t"] - t0, 4), "job_" + rec["event"], {"job": rec.get("job")}]
+                )
+            elif "t_end" in rec:
+                ends.setdefault(rec.get("job"), []).append(rec["t_end"] - t0)
+    for job, ts in ends.items():
+        events.append([round(min(ts), 4), "first_task_end", {"job": job}])
+        events.append([round(max(ts), 4), "last_task_end", {"job": job, "tasks": len(ts)}])
+    return events
+
+
+def format_trace(trace: list[list[Any]]) -> str:
+    """One line per event: seconds since the run's start, what, detail."""
+    lines = []
+    for t, what, detail in trace:
+        lines.append(f"      {t:7.3f}  {what:<15} {'' if detail is None else json.dumps(detail)}")
+    return "\n".join(lines)
 
 
 def ours_ids(res: RunResult) -> set[str]:
@@ -756,7 +840,7 @@ def row_values(w: Workload, c: str, runs: list[RunResult]) -> dict[str, Any] | N
     for r in good:
         if c == "slurmrunner-local":  # no SLURM: its jobs are local processes
             continue
-        if c == "slurmrunner-ssh":
+        if c.partition("@")[0] == "slurmrunner-ssh":
             sbatch.append(r.data.get("sbatch", 0))
             squeue.append(r.data.get("squeue", 0))
         else:  # counted outside the process by the shims
@@ -1088,9 +1172,7 @@ def report_again(src: Path, out: Path, workloads: list[str], contenders: list[st
     discarded = [RunResult(**r) for r in raw.get("discarded_runs", [])]
     if saved.scale != 1.0:
         for key, w in list(WORKLOADS.items()):
-            WORKLOADS[key] = Workload(
-                w.name, max(1, round(w.n_tasks * saved.scale)), w.task, w.max_num_jobs, w.what
-            )
+            WORKLOADS[key] = replace(w, n_tasks=max(1, round(w.n_tasks * saved.scale)))
     table, rows = build_table(results, workloads, contenders)
     tgt = targets(rows, results)
     write_report(
@@ -1118,8 +1200,20 @@ def main() -> None:
         help="runs per cell for fractal-server and submitit (default 1: they take "
         "minutes per run; 3 makes the full run ~45 min)",
     )
-    ap.add_argument("--workloads", default="W1,W2,W3")
+    ap.add_argument(
+        "--workloads",
+        default=DEFAULT_WORKLOADS,
+        help=f"default {DEFAULT_WORKLOADS}; W4, W5: 100,000 tasks (issue 13), minutes per run",
+    )
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument(
+        "--alt",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="another install of slurmrunner (its venv's python), benchmarked as the "
+        "contenders slurmrunner-sudo@NAME and slurmrunner-ssh@NAME",
+    )
     ap.add_argument("--target-num-jobs", type=int, default=4)
     ap.add_argument("--fractal-poll-interval", type=int, default=5)
     ap.add_argument("--submitit-array-parallelism", type=int, default=256)
@@ -1167,6 +1261,12 @@ def main() -> None:
         default=1.0,
         help="multiply every workload's task count (development only)",
     )
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="print each slurmrunner run's timeline: its cycles, squeue, reads, the pace's "
+        "waits and the worker's own times (job start and end, first and last task end)",
+    )
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     ap.add_argument(
@@ -1183,21 +1283,26 @@ def main() -> None:
         sys.exit("bench/bench.py runs as root (it starts harnesses as slurmsrv and alice)")
     workloads = [w.strip() for w in opts.workloads.split(",") if w.strip()]
     contenders = [c.strip() for c in opts.contenders.split(",") if c.strip()]
+    for alt in opts.alt:
+        name, _, python = alt.partition("=")
+        if not name.isidentifier() or not Path(python).is_file():
+            sys.exit(f"--alt {alt!r}: NAME=PYTHON, PYTHON a venv's python")
+        ALTS[name] = Path(python)
     for c in contenders:
-        if c not in CONTENDERS:
-            sys.exit(f"unknown contender {c!r}: one of {', '.join(CONTENDERS)}")
+        base, _, alt = c.partition("@")
+        known = base in CONTENDERS and (not alt or (alt in ALTS and base in ALT_BASES))
+        if not known:
+            sys.exit(f"unknown contender {c!r}: one of {', '.join(CONTENDERS)} (+ @ALT)")
     lim = Limits(target_num_jobs=opts.target_num_jobs)
     if opts.report_from:
         report_again(Path(opts.report_from), Path(opts.out), workloads, contenders)
         return
     if opts.scale != 1.0:
         for key, w in list(WORKLOADS.items()):
-            WORKLOADS[key] = Workload(
-                w.name,
-                max(1, round(w.n_tasks * opts.scale)),
-                w.task,
-                w.max_num_jobs,
-                w.what + f" (scaled x{opts.scale})",
+            WORKLOADS[key] = replace(
+                w,
+                n_tasks=max(1, round(w.n_tasks * opts.scale)),
+                what=w.what + f" (scaled x{opts.scale})",
             )
 
     rig_up()
@@ -1236,8 +1341,10 @@ def main() -> None:
                 if d.get("wall_s") is not None:
                     log(
                         f"    {d['wall_s']:.1f} s, jobs {d.get('n_jobs')}, "
-                        f"cpu {d['cpu_self_s'] + d['cpu_children_s']:.2f} s, "
+                        f"cpu {d['cpu_self_s'] + d['cpu_children_s']:.2f} s "
+                        f"(self {d['cpu_self_s']:.2f} + children {d['cpu_children_s']:.2f}), "
                         f"rss {d['maxrss_mb']:.0f} MB, ok {d.get('ok')}/{w.n_tasks}, "
+                        f"load {d.get('load_before', 0):.1f}-{d.get('load_after', 0):.1f}, "
                         f"calls {r.calls}" + (f"; ERROR {r.error[:300]}" if r.error else "")
                     )
                 else:

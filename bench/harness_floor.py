@@ -4,7 +4,13 @@ the same parallelism (`xargs -P`), as the cluster user, with Debian's /usr/bin/p
     python3 harness_floor.py SPEC.json
 
 SPEC: {"dir": dir under the user's home, "command": "/path/task", "n_tasks": N,
-       "parallel": 2, "partition": "main", "mem_mb": 200, "timeout_s": s}
+       "parallel": 2, "partition": "main", "mem_mb": 200, "timeout_s": s,
+       "input_bytes": 0, or each input's size}
+
+With input_bytes (W5), the inputs (harness_inputs.bench_input) are first written to one file,
+a line `I JSON` each, and the job gives each line to a task (`TASK --line 'I JSON'`, which
+writes JSON to $BENCH_OUT/I.json): that file's writing is timed too, like slurmrunner's
+shipping of the inputs. Every task's output is checked against its input after the timing.
 Prints one line `BENCH_RESULT {json}` on stdout.
 
 Timed from just before `sbatch` until the job's own last line (`date` written by the job when
@@ -33,6 +39,13 @@ def floor_script(spec: dict) -> str:
     written into spec["dir"] (also used by bench/service.py, one such job per run)."""
     d, n, parallel = spec["dir"], spec["n_tasks"], spec["parallel"]
     q = shlex.quote
+    if spec.get("input_bytes"):
+        tasks = (
+            f"export BENCH_OUT={q(d)}/out\n"
+            f"xargs -P {parallel} -d '\\n' -n 1 {q(spec['command'])} --line < {q(d)}/inputs.txt"
+        )
+    else:
+        tasks = f"seq 0 {n - 1} | xargs -P {parallel} -I{{}} {q(spec['command'])} --index {{}}"
     return f"""#!/bin/bash
 #SBATCH --job-name=bench-floor
 #SBATCH --partition={spec["partition"]}
@@ -41,7 +54,7 @@ def floor_script(spec: dict) -> str:
 #SBATCH --mem={spec["mem_mb"]}M
 #SBATCH --output={d}/floor.out
 date +%s.%N > {q(d)}/started
-seq 0 {n - 1} | xargs -P {parallel} -I{{}} {q(spec["command"])} --index {{}}
+{tasks}
 echo $? > {q(d)}/status
 date +%s.%N > {q(d)}/ended.tmp && mv {q(d)}/ended.tmp {q(d)}/ended
 """
@@ -57,9 +70,19 @@ def main() -> None:
     with open(path, "w") as fh:
         fh.write(script)
     ended = os.path.join(d, "ended")
+    size = spec.get("input_bytes", 0)
+    inputs = None
+    if size:
+        from harness_inputs import bench_input, compact  # next to this file
+
+        inputs = [bench_input(i, size) for i in range(n)]
+        os.makedirs(os.path.join(d, "out"), mode=0o700, exist_ok=True)
     c_self, c_kids = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
     t_submit = time.time()
     t0 = time.monotonic()
+    if inputs is not None:
+        with open(os.path.join(d, "inputs.txt"), "w") as fh:
+            fh.writelines(f"{i} {compact(x)}\n" for i, x in enumerate(inputs))
     job_id = (
         subprocess.run(["sbatch", "--parsable", path], check=True, capture_output=True, text=True)
         .stdout.strip()
@@ -74,13 +97,24 @@ def main() -> None:
     t_end = float(open(ended).read())
     t_start = float(open(os.path.join(d, "started")).read())
     status = int(open(os.path.join(d, "status")).read().strip() or 1)
+    c_self, c_kids = cpu(resource.RUSAGE_SELF) - c_self, cpu(resource.RUSAGE_CHILDREN) - c_kids
+    wrong = []
+    if inputs is not None:  # every output checked, after the timing
+        for i, x in enumerate(inputs):
+            try:
+                with open(os.path.join(d, "out", f"{i}.json")) as fh:
+                    ok = json.loads(fh.read()) == x
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                wrong.append(i)
     out = {
         "wall_s": t_end - t_submit,
         "queue_s": t_start - t_submit,
         "run_s": t_end - t_start,
         "seen_after_end_s": seen - t_end,
-        "cpu_self_s": cpu(resource.RUSAGE_SELF) - c_self,
-        "cpu_children_s": cpu(resource.RUSAGE_CHILDREN) - c_kids,
+        "cpu_self_s": c_self,
+        "cpu_children_s": c_kids,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "n_jobs": 1,
         "job_ids": [job_id],
@@ -89,6 +123,8 @@ def main() -> None:
         "ok": n if status == 0 else 0,
         "failed": 0 if status == 0 else n,
         "n_results": n,
+        "wrong": len(wrong),
+        "first_wrong": wrong[0] if wrong else None,
         "first_error": None if status == 0 else f"xargs exit status {status}",
     }
     print("BENCH_RESULT " + json.dumps(out), flush=True)

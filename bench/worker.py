@@ -6,9 +6,10 @@
 
 The worker runs the way a job script runs it (script.render_script): the interpreter the rig's
 jobs use (`/usr/bin/python3` when present) reads `_PAYLOAD = '<json>'` followed by the worker's
-source on its standard input, in a fresh run folder, with the payload script.worker_payload
-makes (fractal call form, `parallel` tasks at once, chunks of 1,000 records). `xargs` runs
-the same command the bench's floor job runs: `seq 0 N-1 | xargs -P 2 -I{} TASK --index {}`.
+source on its standard input in one read (script.RUN_STDIN), in a fresh run folder, with the
+payload script.worker_payload makes (fractal call form, `parallel` tasks at once, chunks of
+1,000 records). `xargs` runs the same command the bench's floor job runs:
+`seq 0 N-1 | xargs -P 2 -I{} TASK --index {}`.
 
 Tasks: `noop` (default) is W1/W3's task, a `/bin/sh` script that exits 0; `true` is
 `/bin/true`. Both ignore their arguments.
@@ -39,7 +40,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from slurmrunner.runspec import worker_source  # noqa: E402
-from slurmrunner.script import RESULTS_CHUNK_RECORDS, results_relpath  # noqa: E402
+from slurmrunner.script import RESULTS_CHUNK_RECORDS, RUN_STDIN, results_relpath  # noqa: E402
 
 NOOP = "#!/bin/sh\n# bench no-op task: accepts any arguments, does nothing\nexit 0\n"
 TARGET_RATIO = 1.3
@@ -91,7 +92,9 @@ def run_worker(
         fh.write(body)
     with open(stdin, "rb") as fh, open(os.path.join(run_dir, "jobs", "0.out"), "wb") as out:
         c0, t0 = children_cpu(), time.monotonic()
-        rc = subprocess.call([python, "-"], stdin=fh, stdout=out, stderr=out, cwd=run_dir)
+        rc = subprocess.call(
+            [python, "-c", RUN_STDIN], stdin=fh, stdout=out, stderr=out, cwd=run_dir
+        )
         wall, cpu = time.monotonic() - t0, children_cpu() - c0
     lines = []
     results = Path(run_dir, "results")

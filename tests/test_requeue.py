@@ -16,6 +16,7 @@ from slurmrunner import run as run_module
 from slurmrunner.backends import Backend, backend_for
 from slurmrunner.hosts.local import LocalHost
 from slurmrunner.jobstate import JobState
+from slurmrunner.watcher import FRESH_SQUEUE_S
 from tests.fake_slurm import end, failed, fake_run, ok, start, write
 
 # Its first attempt, task 1 stops the job (SIGTERM to the worker, as a preemption does) and
@@ -121,7 +122,8 @@ def test_a_requeue_is_a_state_change_not_a_reason_to_ask_every_second(tmp_path, 
     run, query = fake_run(tmp_path, 2, 2, PollPolicy(squeue_min_s=1.0, squeue_max_s=30.0))
     # The first attempt: task 0 ended, task 1 was interrupted by the preemption.
     write(run, 0, start(0), ok(0, 0), failed(1, 0, "interrupted"), end(0, 2, "SIGTERM"))
-    _poll_for(run, clock, 0.4)
+    # past the seconds after a run joins, when squeue is asked at its fastest pace anyway
+    _poll_for(run, clock, FRESH_SQUEUE_S + 0.4)
     query.states["101"] = "PENDING"  # requeued: back in the queue
     before = query.calls["squeue"]
     _poll_for(run, clock, 10.0)

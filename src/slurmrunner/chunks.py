@@ -105,6 +105,7 @@ class JobWatch:
     history_failures: int = 0  # history calls that failed
     started: bool = False  # a start line was read
     looked_at: float = float("-inf")  # when its files were last read (watcher's clock)
+    first_seen: float | None = None  # when this reader first planned a look at it
     queue_state: str = ""  # what the scheduler said of it last (PENDING, RUNNING, ...)
     attempt: int = 0  # the newest attempt whose start line was read (SLURM_RESTART_COUNT)
     bad: int = 0  # lines that are not valid lines of this job

@@ -37,6 +37,7 @@ log = logging.getLogger("slurmrunner")
 
 #: A job said PENDING (and not started, by its files) is looked at no more often than this.
 PENDING_LOOK_S = 10.0
+START_LOOK_S = 3.0
 
 
 @dataclass
@@ -131,6 +132,10 @@ class Reading:
         w = self._w(row)
         if now is None or (w.queue_state or row.state) != "PENDING" or w.started or w.over:
             return False
+        if w.first_seen is None:
+            w.first_seen = now
+        if now - w.first_seen < START_LOOK_S:
+            return False  # just submitted: its start line tells its start, on the read pace
         return now - w.looked_at < PENDING_LOOK_S
 
     def _read_plan(self, rows: list[JobRow], now: float | None = None) -> ReadPlan | None:

@@ -45,6 +45,9 @@ ERROR_BACKOFF_MAX_S = 60.0
 DB_ERROR_BACKOFF_MAX_S = 8.0
 #: A run's call counters are saved this often (a write per run): they are for reading later.
 COUNTERS_EVERY_S = 5.0
+# After a run joins, squeue stays at its fastest pace this long (not doubling when nothing
+# changed): its jobs start within the scheduler's next passes, and short ones end soon after.
+FRESH_SQUEUE_S = 5.0
 FINAL_RUN_STATES = ("done", "cancelled", "failed")
 
 
@@ -54,6 +57,7 @@ class _Scheduler:
     interval: float
     next_at: float = 0.0
     last_at: float = float("-inf")
+    fresh_until: float = 0.0  # a run joined: squeue at its minimum pace until then
 
 
 class Watcher(SharedReads):
@@ -203,10 +207,14 @@ class Watcher(SharedReads):
             self._schedulers.setdefault(
                 e.keys.scheduler, _Scheduler(e.keys.scheduler, self.poll_policy.squeue_min_s)
             )
-            pace = ReadPace(self.poll_policy.read_min_s, self.poll_policy.read_max_s)
+            policy = self.poll_policy
+            pace = ReadPace(
+                policy.read_min_s, policy.read_max_s, policy.read_hold_s, policy.read_age_fraction
+            )
             ident = self._identities.setdefault(e.keys.identity, Identity(e.keys.identity, pace))
             ident.next_read = min(ident.next_read, now)  # a new run is read at once
-            ident.pace.interval = ident.pace.min_s
+            self._schedulers[e.keys.scheduler].fresh_until = now + FRESH_SQUEUE_S
+            ident.pace.restart()
             token = e.run._sep_token
             if token is not None and ident.tokens.setdefault(token, e.run.id) != e.run.id:
                 e.run._sep_token = None  # another run's: learnt again, from its own look
@@ -389,7 +397,7 @@ class Watcher(SharedReads):
             if self._guard(e, e.run._apply_squeue, e.rows, states, error):
                 e.news = changed = True
         policy = self.poll_policy
-        if error is not None or changed:
+        if error is not None or changed or self._clock() < sched.fresh_until:
             sched.interval = policy.squeue_min_s
         else:
             sched.interval = min(sched.interval * 2, policy.squeue_max_s)
