@@ -56,6 +56,7 @@ class Browser:
         options.binary_location = CHROMIUM
         for flag in (*FLAGS, f"--user-data-dir={self.profile}"):
             options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # see console()
         # The driver by its path: selenium's own manager would try to download one.
         self.driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
         self.driver.set_page_load_timeout(60)
@@ -96,6 +97,10 @@ class Browser:
             return str(self.css(selector).text)
         except (NoSuchElementException, StaleElementReferenceException):
             return ""
+
+    def console(self) -> list[str]:
+        """The console's messages since the last call (a blocked script or style is one)."""
+        return [str(e.get("message", "")) for e in self.driver.get_log("browser")]
 
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)

@@ -461,3 +461,26 @@ def test_screenshots_are_commit_sized(web: Web) -> None:
         width, height = png_size(path)
         assert width == 1200 and height <= 1400, (name, width, height)
         assert path.stat().st_size < 400_000, (name, path.stat().st_size)
+
+
+def test_no_page_breaks_the_content_policy(web: Web, live: LiveRun) -> None:
+    """The pages carry a content policy (scripts only from the server's files: headers.py).
+    Every page the tests above opened, and the main ones again, as alice and as the admin:
+    nothing the policy blocked was logged, and the page's own script ran (its live updates)."""
+    browser = web.browser
+    blocked = [m for m in browser.console() if "Content Security Policy" in m]
+    for who, paths in (
+        ("alice", ["/web/runs", f"/web/runs/{live.run_id}"]),
+        ("admin", ["/web/admin/users", "/web/admin/resources", "/web/admin/profiles"]),
+    ):
+        browser.sign_in(web.tokens[who])
+        for path in paths:
+            browser.go(path)
+            browser.navigation()
+            blocked += [m for m in browser.console() if "Content Security Policy" in m]
+    assert not blocked, blocked
+    policy = browser.js(
+        "return fetch(location.href).then(r => r.headers.get('content-security-policy'))"
+    )
+    assert "script-src 'self'" in policy
+    assert live.marked and live.navigations == 1  # live.js updated the run page in place

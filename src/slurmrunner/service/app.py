@@ -25,6 +25,7 @@ from . import metrics, migrate, web
 from .bodylimit import BodyLimit
 from .db import make_engine, make_sessionmaker, parse_db_url
 from .errors import ServiceError
+from .headers import SecurityHeaders
 from .routers import api_v1, operations
 from .watching import LocalJobsOnStop, ServiceWatcher
 
@@ -146,5 +147,6 @@ def create_app(
     app.include_router(api_v1())
     web.install(app)  # the web pages under /web (service/web)
     app.add_middleware(BodyLimit)  # before anything reads a body, token or not
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, a 413 included
     metrics.install(app)  # GET /metrics and the request timings
     return app
