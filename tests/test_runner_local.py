@@ -384,9 +384,11 @@ def test_folders_are_looked_at_before_anything_is_made_in_them():
 
     subs = ["/p/.slurmrunner", "/p/.slurmrunner/runs"]
     base = "drwx------ 2 1000 1000 40 Nov 30 14:27 /p/"
-    check_before_making(base, "/p", subs)  # nothing made yet: fine
+    assert check_before_making(base, "/p", subs) == subs  # nothing made yet: fine, both missing
     mine = base + "\ndrwx------ 2 1000 1000 40 Nov 30 14:27 /p/.slurmrunner"
-    check_before_making(mine, "/p", subs)
+    assert check_before_making(mine, "/p", subs) == ["/p/.slurmrunner/runs"]
+    both = mine + "\ndrwx------ 2 1000 1000 40 Nov 30 14:27 /p/.slurmrunner/runs"
+    assert check_before_making(both, "/p", subs) == []  # nothing to make: no mkdir
     planted = base + "\nlrwxrwxrwx 1 1001 1001 9 Nov 30 14:27 /p/.slurmrunner -> /home/bob"
     with pytest.raises(ConfigError, match=r"\.slurmrunner is a link"):
         check_before_making(planted, "/p", subs)
@@ -399,6 +401,19 @@ def test_folders_are_looked_at_before_anything_is_made_in_them():
     check_before_making(sticky_root + foreign[len(base) :], "/p", subs)  # checked after
     with pytest.raises(HostError, match="cannot check"):
         check_before_making("", "/p", subs)
+
+
+def test_a_users_later_runs_make_only_their_own_folders(tmp_path):
+    """The project's .slurmrunner/runs is looked at before each run but made once: a run
+    costs a listing, its folder, a listing and its subfolders (each call is a sudo or an SSH
+    command); the first also makes the project folder and its parents."""
+    r = runner(tmp_path)
+    first, second = (r.submit([sys.executable, TASK], [{"x": 1}]) for _ in range(2))
+    for run in (first, second):
+        run.wait()
+    calls = [r.store.counters(run.id) for run in (first, second)]
+    assert (calls[0]["ls"], calls[0]["mkdir"]) == (3, 4)  # the project folder was missing
+    assert (calls[1]["ls"], calls[1]["mkdir"]) == (2, 2)
 
 
 def test_a_link_planted_for_the_run_folders_is_refused_before_it_is_followed(tmp_path):

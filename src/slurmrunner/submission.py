@@ -94,10 +94,16 @@ class Submission:
         parents = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs"]
         # Looked at before anything is made in them: a folder another account may write, or
         # a link planted where our own folders go, is refused before a mkdir could follow it.
-        self._user(["mkdir", "-p", "-m", "700", base], check=True)
-        before = self._user(["ls", "-ldn", f"{base}/", *parents[1:]])  # missing ones: rc 2
-        check_before_making(before.stdout, base, parents[1:])
-        self._user(["mkdir", "-p", "-m", "700", *parents], check=True)
+        # Made only when missing (a user's first run): each call is a sudo or an SSH command.
+        look = ["ls", "-ldn", f"{base}/", *parents[1:]]  # missing ones: rc 2
+        before = self._user(look).stdout
+        try:
+            missing = check_before_making(before, base, parents[1:])
+        except HostError:  # base could not be listed: made (or refused by mkdir), looked again
+            self._user(["mkdir", "-p", "-m", "700", base], check=True)
+            missing = check_before_making(self._user(look).stdout, base, parents[1:])
+        if missing:
+            self._user(["mkdir", "-p", "-m", "700", *parents], check=True)
         if taken_over:
             # From a process that died in `start`: the folder, if there, is that process's
             # (the parents let no other account write, checked just below) and holds what it made
@@ -297,11 +303,12 @@ def _refuse(path: str, problem: str) -> ConfigError:
     )
 
 
-def check_before_making(listing: str, base: str, subs: list[str]) -> None:
+def check_before_making(listing: str, base: str, subs: list[str]) -> list[str]:
     """Before the run's folders are made under `base` (`listing` is `ls -ldn BASE/ SUBS...`,
     the missing SUBS absent): `base` must be a folder no other account may write, and each SUB
     already there a real folder (not a link), not writable by others, owned by base's owner
-    (any owner when base is root's, like a sticky scratch: the check after making tells)."""
+    (any owner when base is root's, like a sticky scratch: the check after making tells).
+    The SUBS missing, to be made. HostError: `base` is not in the listing."""
     seen: dict[str, tuple[str, str]] = {}
     for line in listing.splitlines():
         fields = line.split()
@@ -324,6 +331,7 @@ def check_before_making(listing: str, base: str, subs: list[str]) -> None:
             raise _refuse(path, problem)
         if owner != base_owner and base_owner != "0":
             raise _refuse(path, f"belongs to another account (uid {owner})")
+    return [path for path in subs if path not in seen]
 
 
 def check_folders(listing: str, parents: list[str], run_dir: str) -> None:
