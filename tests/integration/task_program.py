@@ -4,7 +4,8 @@
 Arguments select what it does: {"x": n} -> {"square": n*n}; "fail": exit status; "sleep": s;
 "env": [names] -> their values; "alloc_mb": touch that much memory; "whoami": the user;
 "oom_first": the OOM killer takes the job's other processes (the worker) before this one, so the
-job dies with its files silent.
+job dies with its files silent; "sleep_again": s, sleep this instead of "sleep" in a later
+attempt of the same task (a retry: a marker beside its --out-json says it ran before).
 """
 
 import argparse
@@ -22,7 +23,12 @@ with open(ns.args_json) as fh:
     args = json.load(fh)
 out = {}
 print("task args:", args, flush=True)
-if "sleep" in args:
+marker = f"{ns.out_json}.tried"
+if "sleep_again" in args and os.path.exists(marker):
+    time.sleep(float(args["sleep_again"]))
+elif "sleep" in args:
+    if "sleep_again" in args:
+        open(marker, "w").close()
     time.sleep(float(args["sleep"]))
 if args.get("oom_first"):
     # Raising another process's oom_score_adj is allowed to its owner: every ancestor of the
