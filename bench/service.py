@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -178,6 +179,8 @@ def service_once(tag: str, opts: argparse.Namespace) -> dict[str, Any]:
             return call
 
         calls = [post(u, k) for u, k in orders]  # inputs are built in the threads, before the gate
+        # The machine is shared (other engineers' tests, the rig): its load goes in the report.
+        load_before = os.getloadavg()[0]
         cpu0, cycles_cpu0 = server.cpu(), cycles_cpu(admin)
         t0, t0_epoch = time.monotonic(), time.time()
         posted = at_once(calls)
@@ -201,6 +204,7 @@ def service_once(tag: str, opts: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.25)
         wall = time.monotonic() - t0
         cpu1, cycles_cpu1 = server.cpu(), cycles_cpu(admin)
+        load_after = os.getloadavg()[0]
         listed = admin.json("GET", "/api/v1/runs?all_users=true&limit=1000")
         mine = {r["id"]: r for r in listed if r["id"] in ids}
         probe.halt.set()
@@ -251,6 +255,8 @@ def service_once(tag: str, opts: argparse.Namespace) -> dict[str, Any]:
             **{f"api_{k}_p99_ms": 1000 * pct(v, 99) for k, v in probe.by_kind.items()},
             **{f"api_{k}_p50_ms": 1000 * pct(v, 50) for k, v in probe.by_kind.items()},
             "metrics_status": status,
+            "load_before": load_before,
+            "load_after": load_after,
         }
     finally:
         server.stop()
@@ -288,6 +294,7 @@ ROWS = [  # (label, key, digits), service figures; the floor has wall, jobs and 
     ("GET /api/v1/runs/{id}, p50 / p99 ms", ("api_detail_p50_ms", "api_detail_p99_ms"), 1),
     ("GET /api/v1/runs (the user's 5), p50 / p99 ms", ("api_list_p50_ms", "api_list_p99_ms"), 1),
     ("API GETs made / answered other than 200", ("api_n", "api_errors"), 0),
+    ("machine load (1-minute average) before / after", ("load_before", "load_after"), 1),
 ]
 
 

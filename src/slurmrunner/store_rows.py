@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,17 @@ class RunRow:
     resource_id: int | None = None
     profile_id: int | None = None
     message: str | None = None  # why it failed as a whole
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What GET /runs/{id} shows of a run, read at once (Store.run_view)."""
+
+    run: RunRow
+    counts: Counter[str]  # finished tasks by status, as status_counts keeps them
+    causes: Counter[str]  # tasks not ok, by cause
+    calls: dict[str, int]  # the run's counters, by name
+    jobs: list[JobRow]
 
 
 def job_row(r: Any) -> JobRow:

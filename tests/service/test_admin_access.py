@@ -52,3 +52,20 @@ def test_healthz_503_when_the_database_is_gone(tmp_path):
         # An authenticated route answers 503 too (not a 500).
         response = client.get("/api/v1/me", headers={"Authorization": "Bearer sr_x"})
         assert response.status_code == 503
+
+
+def test_every_run_route_needs_a_caller_with_a_profile(app, client, make_user):
+    """Each run route checks its caller itself (no router-wide check: routers/__init__.py):
+    a route added without one would answer here."""
+    _, no_profile = make_user()
+    routes = [
+        (method.upper(), path.format(run_id="last", index=0))
+        for path, item in app.openapi()["paths"].items()
+        if path.startswith("/api/v1/runs")
+        for method in item
+    ]
+    assert len(routes) >= 7
+    for method, path in routes:
+        assert client.request(method, path, json={}).status_code == 401, (method, path)
+        response = client.request(method, path, headers=no_profile, json={})
+        assert response.status_code == 403, (method, path, response.text)

@@ -17,6 +17,8 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -29,6 +31,7 @@ from ..runspec import RunSpec
 from ..store import RunRow, Store
 from ..store_queries import StatusFilter
 from ..store_retries import RetryConflictError
+from ..store_rows import RunView
 from ..tasklogs import LogTail, empty_log, read_log
 from .auth import Caller
 from .checks import core_profile, runner_config
@@ -69,21 +72,41 @@ def owned_run(store: Store, user: Caller | User, run_id: str) -> RunRow:
     """The run if `user` may see it; 404 otherwise, whether it exists or not. Like the CLI,
     `run_id` may be `last` or a unique prefix, among the user's own runs (a superuser's:
     among all)."""
-    scope = None if user.is_superuser else user.id
     try:  # a whole id, as clients send it: one query
         row = store.run(run_id)
     except RunNotFoundError:
         pass
     else:
-        if scope is None or row.user_id == scope:
+        if _may_see(user, row):
             return row
+    return store.run(_resolve(store, user, run_id))
+
+
+def owned_run_view(store: Store, user: Caller | User, run_id: str) -> RunView:
+    """owned_run with what GET /runs/{id} shows of it, read on one connection (a whole id,
+    as clients send it: three queries in all)."""
+    view = store.run_view(run_id)
+    if view is not None and _may_see(user, view.run):
+        return view
+    found = store.run_view(_resolve(store, user, run_id))
+    if found is None:  # deleted since it was resolved
+        raise NotFound(f"no run {run_id!r}")
+    return found
+
+
+def _may_see(user: Caller | User, row: RunRow) -> bool:
+    return user.is_superuser or row.user_id == user.id
+
+
+def _resolve(store: Store, user: Caller | User, run_id: str) -> str:
+    """A run id from `last` or a prefix, among the runs `user` may see; NotFound otherwise."""
+    scope = None if user.is_superuser else user.id
     try:
-        found = store.resolve_run_id(run_id, user_id=scope)
+        return store.resolve_run_id(run_id, user_id=scope)
     except RunNotFoundError as exc:
         if "several runs" in str(exc):  # ids of the caller's own runs only
             raise NotFound(str(exc)) from None
         raise NotFound("no runs yet" if run_id == "last" else f"no run {run_id!r}") from None
-    return store.run(found)
 
 
 def run_object(store: Store, row: RunRow, watching: ServiceWatcher | None = None) -> Run:
@@ -156,49 +179,78 @@ def run_reads(store: Store, rows: list[RunRow]) -> list[RunRead]:
     return [run_read(store, row, counts.get(row.id, Counter())) for row in rows]
 
 
+def listed_runs(store: Store, limit: int, user_id: int | None, state: str | None) -> list[RunRead]:
+    """GET /runs: the runs and their counts, read on one connection."""
+    return [
+        run_read(store, row, counts)
+        for row, counts in store.runs_with_counts(limit=limit, user_id=user_id, state=state)
+    ]
+
+
 def run_read(store: Store, row: RunRow, counts: Counter[str] | None = None) -> RunRead:
     if counts is None:
         counts = store.status_counts(row.id)
-    spec = stored_spec(row)
-    return RunRead(
-        id=row.id,
-        state=row.state,
-        created=row.created,
-        n_tasks=row.n_tasks,
-        n_jobs=spec.plan.num_jobs,
-        finished=sum(counts.values()),
-        counts=dict(counts),
-        user_id=row.user_id,
-        resource_id=row.resource_id,
-        profile_id=row.profile_id,
-        run_dir=spec.run_dir,
-        call=spec.call,
-        message=row.message,
-    )
+    return RunRead(**_read_fields(row, counts))
+
+
+def _read_fields(row: RunRow, counts: Counter[str]) -> dict[str, Any]:
+    fixed = _fixed(row)
+    return {
+        "id": row.id,
+        "state": row.state,
+        "created": row.created,
+        "n_tasks": row.n_tasks,
+        "n_jobs": fixed.n_jobs,
+        "finished": sum(counts.values()),
+        "counts": dict(counts),
+        "user_id": row.user_id,
+        "resource_id": row.resource_id,
+        "profile_id": row.profile_id,
+        "run_dir": fixed.run_dir,
+        "call": fixed.call,
+        "message": row.message,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """What a run's read shows of its spec: fixed once the run is stored."""
+
+    spec: RunSpec
+    n_jobs: int  # spec.plan's: batching computed again on every call of the property
+    run_dir: str
+    call: str
 
 
 # A run's spec never changes once stored: parsed once per process, not on every GET (the
-# pydantic models of a spec cost ~0.3 ms). Bounded; an entry is a few KB.
+# pydantic models of a spec cost ~0.3 ms, its plan as much again). Bounded; an entry is a few
+# KB.
 _SPECS_KEPT = 1024
-_specs: OrderedDict[str, RunSpec] = OrderedDict()
+_specs: OrderedDict[str, _Fixed] = OrderedDict()
 _specs_lock = threading.Lock()
 
 
-def stored_spec(row: RunRow) -> RunSpec:
+def _fixed(row: RunRow) -> _Fixed:
     with _specs_lock:
-        spec = _specs.get(row.id)
-        if spec is not None:
+        fixed = _specs.get(row.id)
+        if fixed is not None:
             _specs.move_to_end(row.id)
-            return spec
+            return fixed
     spec = RunSpec.from_dict(row.spec)
+    fixed = _Fixed(spec, spec.plan.num_jobs, spec.run_dir, spec.call)
     with _specs_lock:
-        _specs[row.id] = spec
+        _specs[row.id] = fixed
         while len(_specs) > _SPECS_KEPT:
             _specs.popitem(last=False)
-    return spec
+    return fixed
 
 
-def run_detail(store: Store, row: RunRow) -> RunDetail:
+def stored_spec(row: RunRow) -> RunSpec:
+    return _fixed(row).spec
+
+
+def detail_of(view: RunView) -> RunDetail:
+    """GET /runs/{id}'s answer, built once (not a RunRead dumped into a RunDetail)."""
     jobs = [
         JobRead(
             index=j.idx,
@@ -209,15 +261,14 @@ def run_detail(store: Store, row: RunRow) -> RunDetail:
             n_tasks=j.n_tasks,
             done=j.done,
         )
-        for j in store.jobs(row.id)
+        for j in view.jobs
     ]
-    calls = store.counters(row.id)
     return RunDetail(
-        **run_read(store, row).model_dump(),
-        causes=dict(store.cause_counts(row.id)),
+        **_read_fields(view.run, view.counts),
+        causes=dict(view.causes),
         jobs=jobs,
-        calls=calls,
-        retried_tasks=calls.get("retried_tasks", 0),
+        calls=view.calls,
+        retried_tasks=view.calls.get("retried_tasks", 0),
     )
 
 

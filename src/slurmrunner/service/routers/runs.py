@@ -7,20 +7,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, TypeAdapter
 
 from ...store import Store
 from ...tasklogs import LogUnreadable
-from ..deps import CurrentCaller, UserWithProfile
+from ..deps import Credentials, CurrentCaller, UserWithProfile, check_caller
 from ..errors import Invalid, ServiceError
 from ..runs import (
     cancel_run,
     create_run,
+    detail_of,
+    listed_runs,
     owned_run,
+    owned_run_view,
     result_pages,
     retry_run,
-    run_detail,
     run_read,
-    run_reads,
     task_log,
 )
 from ..schemas.common import MAX_ID
@@ -43,6 +45,7 @@ from ..watching import ServiceWatcher
 router = APIRouter(prefix="/runs", tags=["runs"])
 NDJSON = "application/x-ndjson"
 RunId = Annotated[str, "a run id, a unique prefix of one, or `last`"]
+_RUN_LIST = TypeAdapter(list[RunRead])  # GET /runs's answer, serialised as FastAPI would
 
 
 class LogNotReadable(ServiceError):
@@ -57,12 +60,20 @@ def _watching(request: Request) -> ServiceWatcher:
     return request.app.state.watching  # type: ignore[no-any-return]
 
 
+def _json(model: BaseModel, status_code: int = 200) -> Response:
+    """The answer of a sync route, serialised here. A model returned as it is would be
+    validated again by FastAPI against the route's response_model, in one more worker thread
+    (the hop costs more than the validation): these routes build their model themselves, so it
+    is valid, and the bytes are those FastAPI would send."""
+    return Response(model.model_dump_json(), status_code, media_type="application/json")
+
+
 @router.post("", status_code=201, response_model=RunRead)
-def post_run(body: RunCreate, user: UserWithProfile, request: Request) -> RunRead:
+def post_run(body: RunCreate, user: UserWithProfile, request: Request) -> Response:
     """Run `command` once per input as your Profile says; returns at once (201) with the run,
     whose jobs are submitted by the service's watcher."""
     store = _store(request)
-    return run_read(store, create_run(store, _watching(request), user, body))
+    return _json(run_read(store, create_run(store, _watching(request), user, body)), 201)
 
 
 @router.get("", response_model=list[RunRead])
@@ -72,18 +83,18 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     state: RunState | None = None,
     all_users: Annotated[bool, Query(description="every user's runs (superusers)")] = False,
-) -> list[RunRead]:
+) -> Response:
     """Your runs, newest first."""
-    store = _store(request)
     user_id = None if all_users and user.is_superuser else user.id
-    return run_reads(store, store.runs(limit=limit, user_id=user_id, state=state))
+    found = listed_runs(_store(request), limit, user_id, state)
+    return Response(_RUN_LIST.dump_json(found), media_type="application/json")
 
 
 @router.get("/{run_id}", response_model=RunDetail)
-def get_run(run_id: RunId, user: CurrentCaller, request: Request) -> RunDetail:
+def get_run(run_id: RunId, credentials: Credentials, request: Request) -> Response:
     """The run: counts by status and by cause, its jobs, its calls to the cluster."""
-    store = _store(request)
-    return run_detail(store, owned_run(store, user, run_id))
+    user = check_caller(request, credentials)  # no parameter of its own can be refused first
+    return _json(detail_of(owned_run_view(_store(request), user, run_id)))
 
 
 @router.get(
@@ -98,7 +109,7 @@ def get_results(
     status: ResultsStatus | None = None,
     after: Annotated[int, Query(ge=-1, le=MAX_ID, description="the last index seen")] = -1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
-) -> ResultsPage | StreamingResponse:
+) -> Response:
     """Finished tasks' results by index, a page at a time (`after`: the previous page's
     `next_after`); `status=not_ok` for every failed or cancelled task. With
     `Accept: application/x-ndjson`, every result after `after` as JSON lines in one stream."""
@@ -107,12 +118,13 @@ def get_results(
     if NDJSON in request.headers.get("accept", ""):
         return StreamingResponse(result_pages(store, row.id, status, after), media_type=NDJSON)
     found = store.results_page(row.id, status, after, limit)
-    return ResultsPage(
+    page = ResultsPage(
         run_id=row.id,
         total=store.count_results(row.id, status),
         items=[r.to_dict() for r in found],
         next_after=found[-1].index if len(found) == limit else None,
     )
+    return _json(page)  # up to 5,000 results: validated once, not twice
 
 
 @router.get(
