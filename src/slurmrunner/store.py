@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -338,16 +338,16 @@ class Store(RunQueries, RetryStore):
                 seen[1][r[n_run]] = r[n_run + 1]
         return list(found.values())
 
-    def run_view(self, run_id: str) -> RunView | None:
-        """The run, its tallies and its jobs, read on one connection (GET /runs/{id}); None
-        when there is no such run."""
-        run, tallies, jobs = self._reads(
-            ("run", {"run_id": run_id}),
-            ("tallies", {"run_id": run_id}),
-            ("jobs", {"run_id": run_id}),
-        )
-        if not run:
+    def run_view(
+        self, run_id: str, may_see: Callable[[RunRow], bool] = lambda _: True
+    ) -> RunView | None:
+        """The run, its tallies and its jobs (GET /runs/{id}); None when there is no such run,
+        or `may_see` says no: then nothing more than its row is read (another user's big run
+        must answer 404 as fast as a missing one, or its existence shows in the timing)."""
+        (run,) = self._reads(("run", {"run_id": run_id}))
+        if not run or not may_see(row := run_row(run[0])):
             return None
+        tallies, jobs = self._reads(("tallies", {"run_id": run_id}), ("jobs", {"run_id": run_id}))
         counts: Counter[str] = Counter()
         causes: Counter[str] = Counter()
         calls: dict[str, int] = {}
@@ -359,7 +359,7 @@ class Store(RunQueries, RetryStore):
             else:
                 calls[name] = n
         calls = dict(sorted(calls.items()))  # by name, as counters() gives them
-        return RunView(run_row(run[0]), counts, causes, calls, [job_row(r) for r in jobs])
+        return RunView(row, counts, causes, calls, [job_row(r) for r in jobs])
 
     def active_runs(self) -> list[str]:
         """Ids of the runs not yet done, cancelled or failed, oldest first: what a watcher

@@ -56,7 +56,8 @@ def test_healthz_503_when_the_database_is_gone(tmp_path):
 
 def test_every_run_route_needs_a_caller_with_a_profile(app, client, make_user):
     """Each run route checks its caller itself (no router-wide check: routers/__init__.py):
-    a route added without one would answer here."""
+    a route added without one would answer here (the routes of the OpenAPI schema: this
+    FastAPI includes routers lazily, app.routes does not list them)."""
     _, no_profile = make_user()
     routes = [
         (method.upper(), path.format(run_id="last", index=0))

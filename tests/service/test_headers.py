@@ -30,3 +30,17 @@ def test_a_too_large_body_is_refused_with_the_headers_too(client: TestClient) ->
     response = client.post("/web/login", content=b"x" * (1 << 20))
     assert response.status_code == 413
     assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_a_server_error_carries_the_headers_too(app) -> None:
+    """Starlette answers an unhandled error from outside every middleware (app.py's handler)."""
+
+    @app.get("/web/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/web/boom")
+    assert response.status_code == 500 and response.text == "Internal Server Error"
+    assert response.headers["content-security-policy"] == WEB_POLICY
+    assert response.headers["x-content-type-options"] == "nosniff"

@@ -57,6 +57,11 @@ def test_run_view_is_the_separate_reads(store: Store) -> None:
     assert view.calls == store.counters("r1") and list(view.calls) == sorted(view.calls)
     assert view.jobs == store.jobs("r1") and [j.n_tasks for j in view.jobs] == [4, 3]
     assert store.run_view("nope") is None
+    # another user's run: its row only, then None, as for a missing one (no timing to tell)
+    seen: list[Any] = []
+    assert store.run_view("r1", lambda row: bool(seen.append(row.user_id))) is None
+    assert seen == [1]
+    assert store.run_view("r1", lambda row: row.user_id == 1) == view
 
 
 def test_a_new_run_has_empty_tallies(store: Store) -> None:

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -25,7 +25,7 @@ from . import metrics, migrate, web
 from .bodylimit import BodyLimit
 from .db import make_engine, make_sessionmaker, parse_db_url
 from .errors import ServiceError
-from .headers import SecurityHeaders
+from .headers import SecurityHeaders, headers_for
 from .routers import api_v1, operations
 from .watching import LocalJobsOnStop, ServiceWatcher
 
@@ -47,6 +47,13 @@ def open_database(db_url: str | None) -> Engine:
 
 
 def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> PlainTextResponse:
+        # Sent from outside every middleware: the security headers are added here. Starlette
+        # logs the exception itself.
+        headers = headers_for(request.url.path)
+        return PlainTextResponse("Internal Server Error", 500, headers=headers)
+
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, exc.status_code)

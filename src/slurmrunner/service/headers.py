@@ -6,8 +6,8 @@ from this server's own files (no inline script, no eval), no page of ours inside
 site's frame (clickjacking a Cancel or Retry button), forms posting only back here. Inline
 `style` attributes stay allowed (the status bars' widths); they cannot run code.
 
-The policy is not sent with `/docs`: FastAPI's Swagger page loads its script from a CDN and
-starts it inline. The API's JSON needs no policy; `nosniff` stops a browser from reading a
+The policy is not sent with `/docs` and `/redoc`: FastAPI's pages load their script from a
+CDN and start it inline. The API's JSON needs no policy; `nosniff` stops a browser from reading a
 JSON body (which may quote a user's text) as a page or a script.
 """
 
@@ -29,6 +29,15 @@ ALWAYS: list[tuple[bytes, bytes]] = [
 
 def _is_web(path: str) -> bool:
     return path == "/" or path == "/web" or path.startswith("/web/")
+
+
+def headers_for(path: str) -> dict[str, str]:
+    """The headers an answer to `path` carries. For the 500 handler (app.py): Starlette sends
+    an unhandled error's answer from outside every middleware, this one included."""
+    found = {k.decode(): v.decode() for k, v in ALWAYS}
+    if _is_web(path):
+        found["content-security-policy"] = WEB_POLICY
+    return found
 
 
 class SecurityHeaders:

@@ -83,10 +83,10 @@ def owned_run(store: Store, user: Caller | User, run_id: str) -> RunRow:
 
 
 def owned_run_view(store: Store, user: Caller | User, run_id: str) -> RunView:
-    """owned_run with what GET /runs/{id} shows of it, read on one connection (a whole id,
-    as clients send it: three queries in all)."""
-    view = store.run_view(run_id)
-    if view is not None and _may_see(user, view.run):
+    """owned_run with what GET /runs/{id} shows of it (a whole id, as clients send it: three
+    queries in all; another user's run: one, as for a missing one)."""
+    view = store.run_view(run_id, lambda row: _may_see(user, row))
+    if view is not None:
         return view
     found = store.run_view(_resolve(store, user, run_id))
     if found is None:  # deleted since it was resolved
