@@ -478,19 +478,18 @@ def count_calls(path: Path) -> tuple[dict[str, int], list[int]]:
     return counts, squeue_ids
 
 
-def start_at_phase(rep: int, opts: argparse.Namespace) -> float:
-    """Sleep until the clock's fraction of a second is this run's phase; return that phase.
+def phase_of(rep: int, opts: argparse.Namespace) -> float:
+    """The fraction of the wall-clock second at which run `rep` starts its timing (-1: any).
 
     slurmctld starts a freshly submitted job at its next once-a-second scheduling pass, which
     falls at a fixed fraction of the wall-clock second (it drifts slowly). Run k of n of every
-    contender starts at fraction (k - 0.5) / n, so each contender samples the same spread of
-    waits for its first job, and run k of two contenders is a like-for-like pair.
+    contender starts its clock at fraction (k - 0.5) / n (the harness waits for it after its
+    own imports and setup: harness_inputs.start_at_phase), so each contender samples the same
+    spread of waits for its first job, and run k of two contenders is a like-for-like pair.
     """
     if not opts.align_phase:
         return -1.0
-    phase = ((rep - 1) + 0.5) / opts.repeats
-    time.sleep((phase - time.time()) % 1.0)
-    return phase
+    return ((rep - 1) + 0.5) / opts.repeats
 
 
 def run_one(
@@ -588,12 +587,13 @@ def run_one(
     else:
         raise ValueError(contender)
 
+    spec["phase"] = phase_of(rep, opts)
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     chown(spec_path, run_as)
     res = RunResult(w.name, contender, rep, ok=False)
     res.idle_wait_s = wait_idle(opts.idle_wait)
-    res.phase_s = start_at_phase(rep, opts)
+    res.phase_s = spec["phase"]
 
     env = {
         "HOME": pwd.getpwnam(run_as).pw_dir,

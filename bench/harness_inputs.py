@@ -1,9 +1,20 @@
-"""Bench inputs, the same for every harness (copied next to them; standard library only)."""
+"""What every harness shares (copied next to them; standard library only): the bench's
+inputs, and the start of the timing at the run's phase of the clock's second."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+
+
+def start_at_phase(phase: float | None) -> None:
+    """Sleep until the wall clock's fraction of a second is `phase` (bench.py's phase_of; None
+    or negative: at once). Called just before a harness starts its clock, after its imports
+    and setup, whose time differs between contenders: slurmctld starts a new job at its next
+    once-a-second pass, so the phase at the first sbatch decides a second of a short run."""
+    if phase is not None and phase >= 0:
+        time.sleep((phase - time.time()) % 1.0)
 
 
 def bench_input(i: int, size: int = 0) -> dict:
