@@ -66,8 +66,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def run_ended(run: RunRead) -> bool:
-    """Every task has its result, or the run is in a state it never leaves."""
-    return run.state in FINAL_RUN_STATES or run.finished >= run.n_tasks
+    """The run is in a state it never leaves. Not "every task has a result": the service may
+    still retry failures by policy (a retried task's result leaves the counts) or have its
+    last step to take, and the run is not over until its watcher says so."""
+    return run.state in FINAL_RUN_STATES
 
 
 class Client:

@@ -213,3 +213,18 @@ def test_import_slurmrunner_leaves_httpx_out() -> None:
     code = "import sys, slurmrunner; assert 'httpx' not in sys.modules; slurmrunner.Client"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_run_with_every_result_is_not_ended_until_its_state_says_so() -> None:
+    """Every task has a result while the run is still running: its last failure may yet be
+    retried by the admin's policy (its result then leaves the counts), so wait goes on."""
+    from slurmrunner.client import run_ended
+    from slurmrunner.service.schemas.runs import RunRead
+
+    fields: dict[str, Any] = {
+        "id": "r", "created": 0.0, "n_tasks": 2, "n_jobs": 1, "finished": 2,
+        "counts": {"ok": 1, "failed": 1}, "user_id": 1, "resource_id": 1, "profile_id": 1,
+        "run_dir": "/x", "call": "fractal", "message": None,
+    }  # fmt: skip
+    assert not run_ended(RunRead(state="running", **fields))
+    assert all(run_ended(RunRead(state=s, **fields)) for s in ("done", "cancelled", "failed"))

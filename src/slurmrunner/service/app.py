@@ -154,6 +154,6 @@ def create_app(
     app.include_router(api_v1())
     web.install(app)  # the web pages under /web (service/web)
     app.add_middleware(BodyLimit)  # before anything reads a body, token or not
-    app.add_middleware(SecurityHeaders)  # outermost: on every answer, a 413 included
+    app.add_middleware(SecurityHeaders)  # outside BodyLimit: on its 413 too
     metrics.install(app)  # GET /metrics and the request timings
     return app
