@@ -237,25 +237,22 @@ class Store(RunQueries, RetryStore):
 
     def _rows(self, name: str, **params: Any) -> list[Any]:
         """A frequent read (_READS), on the driver's cursor (store_schema.Compiled)."""
-        compiled = self._compiled[name]
-        args = compiled.args(**params)
-        if self._fast is None:
-            with self._read() as conn:
-                return list(conn.exec_driver_sql(compiled.sql, args).all())  # type: ignore[arg-type]
-        with self._lock:
-            return self._fast.execute(compiled.sql, args).fetchall()
+        return self._execute([(self._compiled[name], params)])[0]
 
     def _reads(self, *reads: tuple[str, dict[str, Any]]) -> list[list[Any]]:
         """Several frequent reads on one connection: one checkout for a request's reads."""
-        compiled = [(self._compiled[name], params) for name, params in reads]
+        return self._execute([(self._compiled[name], params) for name, params in reads])
+
+    def _execute(self, reads: list[tuple[schema.Compiled, dict[str, Any]]]) -> list[list[Any]]:
+        """Statements compiled once, run in turn on one connection's driver cursor."""
         if self._fast is None:
             with self._read() as conn:
                 return [
                     list(conn.exec_driver_sql(c.sql, c.args(**params)).all())  # type: ignore[arg-type]
-                    for c, params in compiled
+                    for c, params in reads
                 ]
         with self._lock:
-            return [self._fast.execute(c.sql, c.args(**p)).fetchall() for c, p in compiled]
+            return [self._fast.execute(c.sql, c.args(**p)).fetchall() for c, p in reads]
 
     def close(self) -> None:
         if self._owns_engine:
@@ -308,8 +305,13 @@ class Store(RunQueries, RetryStore):
         self, limit: int = 50, user_id: int | None = None, state: str | None = None
     ) -> list[RunRow]:
         """The newest runs; only `user_id`'s, only those in `state`, when given."""
+        query = select(_runs).order_by(_runs.c.created.desc()).limit(limit)
+        if user_id is not None:
+            query = query.where(_runs.c.user_id == user_id)
+        if state is not None:
+            query = query.where(_runs.c.state == state)
         with self._read() as conn:
-            return [run_row(r) for r in conn.execute(_runs_query(limit, user_id, state))]
+            return [run_row(r) for r in conn.execute(query)]
 
     def runs_with_counts(
         self, limit: int = 50, user_id: int | None = None, state: str | None = None
@@ -321,13 +323,8 @@ class Store(RunQueries, RetryStore):
             if compiled is None:
                 stmt = _listing(*key)
                 compiled = self._listings[key] = schema.Compiled(stmt, self._engine.dialect)
-        args = compiled.args(limit=limit, offset=0, user_id=user_id, state=state)
-        if self._fast is None:
-            with self._read() as conn:
-                rows = conn.exec_driver_sql(compiled.sql, args).all()  # type: ignore[arg-type]
-        else:
-            with self._lock:
-                rows = self._fast.execute(compiled.sql, args).fetchall()
+        params = {"limit": limit, "offset": 0, "user_id": user_id, "state": state}
+        (rows,) = self._execute([(compiled, params)])
         found: dict[str, tuple[RunRow, Counter[str]]] = {}
         n_run = len(_runs.c)
         for r in rows:  # a run's row comes once per status it counts: its spec parsed once
@@ -539,15 +536,6 @@ def _listing(by_user: bool, by_state: bool) -> Any:
         .select_from(joined)
         .order_by(picked.c.created.desc(), picked.c.id)
     )
-
-
-def _runs_query(limit: int, user_id: int | None, state: str | None) -> Any:
-    query = select(_runs).order_by(_runs.c.created.desc()).limit(limit)
-    if user_id is not None:
-        query = query.where(_runs.c.user_id == user_id)
-    if state is not None:
-        query = query.where(_runs.c.state == state)
-    return query
 
 
 def _save_row(save: schema.Compiled, run_id: str, r: TaskResult, history: str | None) -> Any:

@@ -32,8 +32,9 @@ def _is_web(path: str) -> bool:
 
 
 def headers_for(path: str) -> dict[str, str]:
-    """The headers an answer to `path` carries. For the 500 handler (app.py): Starlette sends
-    an unhandled error's answer from outside every middleware, this one included."""
+    """The headers an answer to `path` carries: added by SecurityHeaders, and by the 500
+    handler (app.py), since Starlette sends an unhandled error's answer from outside every
+    middleware, this one included."""
     found = {k.decode(): v.decode() for k, v in ALWAYS}
     if _is_web(path):
         found["content-security-policy"] = WEB_POLICY
@@ -48,9 +49,8 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = list(ALWAYS)
-        if _is_web(str(scope.get("path", ""))):
-            extra.append((b"content-security-policy", WEB_POLICY.encode()))
+        wanted = headers_for(str(scope.get("path", "")))
+        extra = [(name.encode(), value.encode()) for name, value in wanted.items()]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
