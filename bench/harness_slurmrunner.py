@@ -61,9 +61,10 @@ def install_trace(trace: list[list], t0: object) -> None:
         original_read(self, ident, group, now)
         trace.append([at(), "cat_end", {"news": any(e.news for e in group)}])
 
-    def after_read(self: ReadPace, news: bool, now: float) -> float:
-        wait = original_after(self, news, now)
-        trace.append([at(), "pace", {"news": news, "wait": round(wait, 3)}])
+    def after_read(self: ReadPace, news: bool, now: float, eta: float | None = None) -> float:
+        wait = original_after(self, news, now, eta)
+        shown = None if eta is None else round(eta, 3)
+        trace.append([at(), "pace", {"news": news, "wait": round(wait, 3), "eta": shown}])
         return wait
 
     def traced_run(cls: type) -> None:

@@ -156,7 +156,7 @@ def last_job_end(run_ids: set[str]) -> float:
     return max(ends, default=float("nan"))
 
 
-def service_once(tag: str, opts: argparse.Namespace) -> dict[str, Any]:
+def service_once(tag: str, opts: argparse.Namespace, probing: bool = True) -> dict[str, Any]:
     name = f"sr_bench_s1_{tag}"
     work = bench.WORK / f"S1-{tag}"
     work.mkdir(parents=True, mode=0o755)
@@ -193,7 +193,7 @@ def service_once(tag: str, opts: argparse.Namespace) -> dict[str, Any]:
         for (user, _), (run_id, _) in zip(orders, posted, strict=True):
             by_user[user].append(run_id)
         probe = Probe(clients, by_user, USERS)
-        if not opts.no_probe:
+        if probing:
             probe.start()
         deadline = time.monotonic() + opts.timeout
         # The end is seen in /metrics (a count of the unfinished runs in the database: three
@@ -309,8 +309,21 @@ def cell(runs: list[dict[str, Any]], key: str | tuple[str, ...], nd: int) -> str
     return text
 
 
+QUIET_ROWS = [  # the same load with no API probe: what running the tasks costs the server
+    ("wall s", "wall_s", 1),
+    ("server CPU ms per task", "cpu_ms_per_task", 3),
+    ("server CPU s / of which the watcher thread's own", ("cpu_s", "cycles_cpu_s"), 2),
+    ("its children's CPU s (sudo, sbatch, cat, ...)", "cpu_children_s", 2),
+    ("machine load (1-minute average) before / after", ("load_before", "load_after"), 1),
+]
+
+
 def report(
-    info: dict[str, Any], floor: list[dict], service: list[dict], opts: argparse.Namespace
+    info: dict[str, Any],
+    floor: list[dict],
+    service: list[dict],
+    opts: argparse.Namespace,
+    quiet: list[dict] | None = None,
 ) -> str:
     n_runs = len(USERS) * opts.runs_per_user
     ratio = [s["wall_s"] / f["wall_s"] for s, f in zip(service, floor, strict=True)]
@@ -345,13 +358,28 @@ def report(
     ]
     shown = ("wall_s", "jobs", "runs_ok")  # above, beside the floor's
     lines += [f"| {lab} | | {cell(service, k, nd)} |" for lab, k, nd in ROWS if k not in shown]
+    if quiet:
+        lines += [
+            "",
+            "**The same load with no API probe** (no GETs but the end's /metrics, every 0.25 "
+            "s), run after the floor and the probed service in each repeat: the probe's ~40 "
+            "GETs a second (each a few ms of the server's CPU) are a load of their own, so what "
+            "running the tasks costs the server is measured here.",
+            "",
+            "| | service, no probe |",
+            "|---|---|",
+        ]
+        q_ratio = [{"r": q["wall_s"] / f["wall_s"]} for q, f in zip(quiet, floor, strict=True)]
+        lines.append(f"| × floor | {cell(q_ratio, 'r', 2)} |")
+        lines += [f"| {lab} | {cell(quiet, k, nd)} |" for lab, k, nd in QUIET_ROWS]
     lines += ["", "Per repeat:", "", "| repeat | floor wall s | service wall s | × floor |"]
     lines += ["|---|---|---|---|"]
     for k, (f, s) in enumerate(zip(floor, service, strict=True), 1):
         lines.append(
             f"| {k} | {f['wall_s']:.1f} | {s['wall_s']:.1f} | {s['wall_s'] / f['wall_s']:.2f} |"
         )
-    lines += ["", "```json", json.dumps({"floor": floor, "service": service}, indent=1), "```", ""]
+    shown_json = {"floor": floor, "service": service, "service_no_probe": quiet or []}
+    lines += ["", "```json", json.dumps(shown_json, indent=1), "```", ""]
     lines += [NOTES]
     return "\n".join(lines)
 
@@ -378,6 +406,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds, per measurement")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders")
     ap.add_argument("--no-probe", action="store_true", help="no API requests during the load")
+    ap.add_argument(
+        "--no-quiet",
+        action="store_true",
+        help="skip the measurement without API probes that follows each probed one",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-write", action="store_true")
     opts = ap.parse_args()
@@ -387,15 +420,20 @@ def main() -> None:
     info = bench.machine()
     floor: list[dict[str, Any]] = []
     service: list[dict[str, Any]] = []
+    quiet: list[dict[str, Any]] = []
     for rep in range(1, opts.repeats + 1):
         tag = f"{time.strftime('%H%M%S')}_{rep}"
         bench.wait_idle(120)
         floor.append(floor_once(tag, opts))
         bench.log(f"repeat {rep}: floor {floor[-1]}")
         bench.wait_idle(120)
-        service.append(service_once(tag, opts))
+        service.append(service_once(tag, opts, probing=not opts.no_probe))
         bench.log(f"repeat {rep}: service {service[-1]}")
-    text = report(info, floor, service, opts)
+        if not (opts.no_quiet or opts.no_probe):
+            bench.wait_idle(120)
+            quiet.append(service_once(f"{tag}q", opts, probing=False))
+            bench.log(f"repeat {rep}: service without probes {quiet[-1]}")
+    text = report(info, floor, service, opts, quiet)
     print(text)
     if not opts.no_write:
         opts.out.write_text(text)

@@ -6,7 +6,7 @@ from itertools import pairwise
 
 import pytest
 
-from slurmrunner.pacing import PollPolicy, ReadPace
+from slurmrunner.pacing import AIM_AFTER_S, AIM_SLACK, PollPolicy, ReadPace
 
 
 def reads(pace: ReadPace, news_at: list[float], until: float, start: float = 0.0) -> list[float]:
@@ -158,3 +158,40 @@ def test_a_short_run_is_not_slowed_by_the_age_floor():
     news = [0.9 + 0.05 * k for k in range(60)]  # W3-like: results from 0.9 s to 3.85 s
     times = [t for t in reads(restarted(), news, 5.0) if t < 4.2]
     assert all(b - a == pytest.approx(0.2) for a, b in pairwise(times))
+
+
+# A read aimed at the predicted end, once per restart.
+def test_a_read_is_aimed_at_the_end_the_pace_of_results_predicts():
+    pace = restarted()
+    pace.after_read(True, 0.0)
+    wait = pace.after_read(True, 0.2, eta=0.05)  # the last result in 50 ms: read just after
+    assert wait == pytest.approx(0.05 * AIM_SLACK + AIM_AFTER_S)
+    assert pace.interval == pytest.approx(0.2)  # what the next waits grow from is unchanged
+    # once: a last task that takes long ("any moment now", again and again) costs one read
+    assert pace.after_read(True, 0.3, eta=0.01) == pytest.approx(0.2)
+    pace.restart()  # a new run joins: its end may be aimed at
+    assert pace.after_read(True, 0.5, eta=0.0) == pytest.approx(AIM_AFTER_S)
+
+
+def test_an_end_predicted_after_the_next_read_changes_nothing():
+    pace = restarted()
+    assert pace.after_read(True, 0.0, eta=5.0) == pytest.approx(0.2)
+    assert pace.after_read(True, 0.2, eta=0.1) < 0.2  # the allowance was kept for this one
+
+
+def test_a_short_runs_end_is_seen_soon_after_its_last_result():
+    """W1-like: 1,000 results at a steady pace from 0.37 s to 1.03 s; reads every 0.2 s saw
+    the end up to 0.2 s late, depending on where it fell between two reads."""
+    for last in (1.03, 1.08, 1.13, 1.18):
+        pace, t, first, late = restarted(), 0.0, None, None
+        while late is None:
+            done = 0 if t < 0.37 else min(1000, int(1 + 999 * (t - 0.37) / (last - 0.37)))
+            if done and first is None:
+                first = (t, done)
+            eta = None
+            if first and t > first[0] and done > first[1] and done < 1000:
+                eta = (1000 - done) * (t - first[0]) / (done - first[1])
+            if done == 1000:
+                late = t - last
+            t += pace.after_read(done > 0, t, eta)
+        assert late <= 0.1 * (last - 0.37) + AIM_AFTER_S + 1e-9, (last, late)

@@ -358,6 +358,29 @@ def test_the_split_is_stored_with_the_run(tmp_path):
     assert RunSpec.from_dict({**fitted.to_dict(), "min_jobs": None}).min_jobs == 1  # older runs
 
 
+def test_the_scripts_rendered_while_planning_are_the_ones_the_store_gives(tmp_path):
+    """The first submission sends the scripts fit_scripts rendered (no second render, no read
+    of the inputs back): they must be what the stored run renders, which a retry or another
+    process taking the run over submits."""
+    runner = runner_with(
+        tmp_path, max_script_bytes=64 * 1024, batching_config={"target_num_jobs": 1}
+    )
+    inputs = [{"t": (i, "é\u2028"), "k": [1.5, None], "blob": random_text(300)} for i in range(400)]
+    run = runner.prepare(["true"], inputs)
+    ready = dict(run._ready_scripts)
+    assert len(ready) == len(run.store.jobs(run.id)) > 1  # split by size: several jobs
+    for row in run.store.jobs(run.id):
+        args = run.store.task_args(run.id, row.task_range)
+        job = run.spec.job(row.idx, list(zip(row.tasks, args, strict=True)), run.spec.plan)
+        assert ready[row.idx] == render_script(job, worker_source())
+
+
+def test_an_input_whose_keys_cannot_be_ordered_is_refused_naming_it(tmp_path):
+    # The payload's JSON is written with sorted keys: 1 and "a" cannot be compared.
+    with pytest.raises(ConfigError, match=r"inputs\[1\]: not JSON"):
+        runner_with(tmp_path).prepare(["true"], [{}, {1: 1, "a": 2}])
+
+
 def test_w5_100000_inputs_of_500_bytes_need_no_tasks_per_job(tmp_path):
     """W5's shape (issue 13): split by script size alone, every script under 4 MB."""
     runner = runner_with(tmp_path)

@@ -404,3 +404,23 @@ def test_a_run_that_cannot_start_fails_alone(tmp_path):
     assert store.run(broken.id).state == "failed"
     assert watcher.stats.errors == {broken.id: 1}
     assert [r.result["square"] for r in good.results()] == [25]
+
+
+def test_a_job_the_scheduler_just_called_pending_is_not_read_in_that_cycle(tmp_path):
+    """Each look is a `sudo cat` or an SSH command: a job squeue called PENDING a moment ago,
+    in the same cycle, has no worker yet. In a cycle without squeue, a just-submitted job is
+    read on the read pace (it may have started since)."""
+    run, query = fake_run(tmp_path, n_tasks=2, tasks_per_job=2)
+    (job_id,) = run.job_ids()
+    query.states[job_id] = "PENDING"
+    policy = PollPolicy(read_min_s=0.0, read_max_s=0.0, squeue_min_s=60.0, squeue_max_s=60.0)
+    watcher = Watcher(policy, keys=lambda r: RunKeys("fake", "alice"))
+    watcher.add(run, resume=False)
+    watcher.step()
+    calls = watcher.stats.recent[-1].calls
+    assert calls[("poll", "fake")] == 1 and calls[("cat", "alice")] == 0
+    write(run, 0, start(0), ok(0, 0), ok(1, 0), end(0, 2))
+    watcher.step()
+    calls = watcher.stats.recent[-1].calls
+    assert calls[("poll", "fake")] == 0 and calls[("cat", "alice")] == 1
+    assert run.all_ended

@@ -43,6 +43,7 @@ class Asking:
     calls: Counter[str]
     warnings: list[str]
     _watch: dict[int, JobWatch]
+    _pending_now: set[int]  # jobs the scheduler's last answer called PENDING
 
     if TYPE_CHECKING:  # defined by Reading: the watch of each job, the run's warnings
 
@@ -83,6 +84,7 @@ class Asking:
         Returns whether a job's state changed."""
         name = self.backend.scheduler.call_names["poll"]
         self.calls[name] += 1
+        self._pending_now = set()
         if states is None:
             # No answer is not an answer: keep every job as it was and ask again later.
             self.calls[name + "_errors"] += 1
@@ -96,6 +98,8 @@ class Asking:
                 continue
             w = self._w(row)
             w.queue_state = st.state
+            if st.state == "PENDING":
+                self._pending_now.add(row.idx)
             if st.state in REQUEUE_STATES and (
                 (w.ended and w.interrupted)
                 or (st.state != row.state and (row.state in RAN_STATES or w.started))

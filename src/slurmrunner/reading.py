@@ -95,6 +95,7 @@ class Reading:
     warnings: list[str]
     _warned: dict[str, int]  # _warn_once's keys -> the note's place in warnings
     _watch: dict[int, JobWatch]
+    _pending_now: set[int]
     _bad_reported: set[int]
     _finished: set[int]
     #: The run's separator line once a look at it alone was cut cleanly (the watcher's).
@@ -127,24 +128,30 @@ class Reading:
         w = self._w(row)
         return not w.ended or (w.interrupted and not w.final_look)
 
-    def _unstarted(self, row: JobRow, now: float | None) -> bool:
-        """Not to be read now: never started, as far as anyone knows (see the module doc)."""
+    def _unstarted(self, row: JobRow, now: float | None, just_asked: bool = False) -> bool:
+        """Not to be read now: never started, as far as anyone knows (see the module doc).
+        `just_asked`: the scheduler was asked in this cycle, a moment before this look."""
         w = self._w(row)
         if now is None or (w.queue_state or row.state) != "PENDING" or w.started or w.over:
             return False
         if w.first_seen is None:
             w.first_seen = now
+        if just_asked and row.idx in self._pending_now:
+            return True  # PENDING a moment ago, so no worker has written yet: a cat for nothing
         if now - w.first_seen < START_LOOK_S:
             return False  # just submitted: its start line tells its start, on the read pace
         return now - w.looked_at < PENDING_LOOK_S
 
-    def _read_plan(self, rows: list[JobRow], now: float | None = None) -> ReadPlan | None:
-        """The next look at `rows` (None: nothing to read). `now`: the watcher's clock."""
+    def _read_plan(
+        self, rows: list[JobRow], now: float | None = None, just_asked: bool = False
+    ) -> ReadPlan | None:
+        """The next look at `rows` (None: nothing to read). `now`: the watcher's clock;
+        `just_asked`: its squeue in this cycle answered for these rows."""
         self._see_jobs(rows)
         # Jobs whose last look was cut short go last, so that one job's flood (bigger than
         # the host keeps) does not hide the others.
         todo = sorted(
-            (r for r in rows if self._reading(r) and not self._unstarted(r, now)),
+            (r for r in rows if self._reading(r) and not self._unstarted(r, now, just_asked)),
             key=lambda r: self._w(r).cut_looks,
         )
         if not todo:

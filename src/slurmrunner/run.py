@@ -98,6 +98,7 @@ class Run(Reading, Settling, Submission, Asking, Retrying):
         self._warned: dict[str, int] = {}
         # Pending reasons that never clear, as seen so far (settling.PendingSeen).
         self._pending_seen: dict[int, PendingSeen] = {}
+        self._pending_now: set[int] = set()  # PENDING in the scheduler's last answer
         self._pending_grace_s = pending_grace_s()
         self._watch: dict[int, JobWatch] = {}
         self._bad_reported: set[int] = set()  # jobs whose bad lines were reported
@@ -108,6 +109,8 @@ class Run(Reading, Settling, Submission, Asking, Retrying):
         opened = self.backend.connections_opened()
         self._connections_at_start = opened if connections_before is None else connections_before
         self._claim = new_claim()
+        # Job index -> its script, rendered while planning (runner.prepare): submitted as is.
+        self._ready_scripts: dict[int, str] = {}
         self._retry_submit_at: float | None = None  # set while the user's job limit holds
         self._new: list[TaskResult] = []  # saved since the last status()
         # Failures saved since the retry policy last looked (retrying.py); the first look

@@ -32,6 +32,9 @@ Resources = TaskResources | Mapping[str, Any] | None
 Owner = tuple[int, int, int]  # the service's (user_id, resource_id, profile_id)
 # Partitions change rarely: one sinfo per profile and partition per SHAPE_MAX_AGE_S.
 SHAPE_MAX_AGE_S = 300.0
+#: The scripts rendered while planning are kept for the run's first submission (no second
+#: render, no read of the inputs back from the store) up to this many characters in all.
+READY_SCRIPTS_MAX_CHARS = 8_000_000
 _shapes: dict[tuple[str, str | None], tuple[float, PartitionShape | None]] = {}
 _shapes_lock = threading.Lock()
 
@@ -49,7 +52,7 @@ def _as_inputs(inputs: Iterable[Any]) -> list[Any]:
     values = list(inputs)
     for n, value in enumerate(values):
         try:
-            json.dumps(value)
+            json.dumps(value, sort_keys=True)  # as the job's payload is written (runspec)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"inputs[{n}]: not JSON ({exc})") from None
     return values
@@ -148,7 +151,8 @@ class Runner:
         spec, asked = self._fit_to_partition(spec, backend)
         # The plan within the partition's time limit and max_script_bytes (more jobs when a
         # script would be too large), or a refusal naming the numbers: before anything exists.
-        spec = spec.fit_scripts(tasks)
+        scripts: dict[int, str] = {}
+        spec = spec.fit_scripts(tasks, scripts)
         user_id, resource_id, profile_id = owner or (None, None, None)
         self.store.create_run(
             run_id,
@@ -160,6 +164,8 @@ class Runner:
             profile_id=profile_id,
         )
         run = Run(run_id, self.store, spec, self.poll_policy, connections_before)
+        if sum(map(len, scripts.values())) <= READY_SCRIPTS_MAX_CHARS:
+            run._ready_scripts = scripts
         if asked:
             run.calls[backend.scheduler.call_names["shape"]] += 1
         return run

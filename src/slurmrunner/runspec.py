@@ -178,12 +178,15 @@ class RunSpec:
             n_tasks, res, self.config.batching_config, self.partition, self.min_jobs
         )
 
-    def fit_scripts(self, tasks: list[tuple[int, Any]]) -> RunSpec:
+    def fit_scripts(
+        self, tasks: list[tuple[int, Any]], scripts: dict[int, str] | None = None
+    ) -> RunSpec:
         """This spec for `tasks`, with as many jobs as keep every job's script within
         max_script_bytes and its payload's JSON within payload_json_limit (up to max_num_jobs):
         every job is rendered and measured, so a run that passes is one whose jobs all fit,
         the partition's time limit included (the plan checks it). BatchingError or
-        ConfigError, with the numbers, before anything exists."""
+        ConfigError, with the numbers, before anything exists. `scripts`, when given, is
+        filled with each job's script as rendered here (job index -> script)."""
         spec = replace(self, n_tasks=len(tasks))
         script_limit = self.config.max_script_bytes
         limits = self.config.batching_config
@@ -194,16 +197,21 @@ class RunSpec:
             plan = spec.plan
             json_limit, json_why = payload_json_limit(plan)
             over = None
+            if scripts is not None:
+                scripts.clear()  # an earlier round's plan
             for job in spec.jobs(tasks):
                 # The JSON first: when it is over, the script (compressing it) is not needed.
                 size = json_sizes.job_bytes(job)
                 if size > json_limit:
                     over = (job, size, True)
                     break
-                size = len(render_script(job, source).encode())
+                script = render_script(job, source)
+                size = len(script.encode())
                 if size > script_limit:
                     over = (job, size, False)
                     break
+                if scripts is not None:
+                    scripts[job.job_index] = script
             if over is None:
                 return spec
             job, size, is_json = over

@@ -52,6 +52,7 @@ class Submission:
     calls: Counter[str]
     warnings: list[str]
     _claim: str
+    _ready_scripts: dict[int, str]
     _retry_submit_at: float | None
     _finished: set[int]
 
@@ -163,20 +164,23 @@ class Submission:
                 continue  # another process is submitting it right now
             if not self.store.claim_job(self.id, row, self._claim):
                 continue  # another process claimed it between our read and now
+            name = job_name(self.id, row.idx)
             if row.state == "SUBMITTING":  # an earlier process died around sbatch
-                found = self._find_patiently(job_name(self.id, row.idx))
+                found = self._find_patiently(name)
                 if found:
                     self._adopt(row, found)
                     submitted.append(found)
                     continue
             # A retry's job is made from its own plan and resources (retrying.py).
             spec = retry_spec(self.spec, row)
-            indices = row.tasks
-            args = self.store.task_args(self.id, row.task_range)
-            job_plan = plan if spec is self.spec else spec.plan
-            job = spec.job(row.idx, list(zip(indices, args, strict=True)), job_plan)
+            script = self._ready_scripts.pop(row.idx, None) if spec is self.spec else None
+            if script is None:
+                args = self.store.task_args(self.id, row.task_range)
+                job_plan = plan if spec is self.spec else spec.plan
+                job = spec.job(row.idx, list(zip(row.tasks, args, strict=True)), job_plan)
+                script = render_script(job, worker_source())
             try:
-                job_id = self._sbatch(render_script(job, worker_source()), job.job_name)
+                job_id = self._sbatch(script, name)
             except SubmitLimitError as exc:
                 # Not a failure: the job waits in the store until the user's queue has room.
                 self.store.update_job(self.id, row.idx, state="NEW")

@@ -157,7 +157,7 @@ class Watcher(SharedReads):
         polled = self._polls_due(now)
         stepped = self._due(now, read_all, polled)
         for e in stepped:
-            e.ok, e.news, e.rows = True, False, []
+            e.ok, e.news, e.rows, e.asked = True, False, [], False
             self._guard(e, self._prepare, e)
         self._job_rows([e for e in stepped if e.ok])
         live = [e for e in stepped if e.ok and e.rows]
@@ -187,7 +187,9 @@ class Watcher(SharedReads):
                     e.flushed_at = end
         for ident, group in read:
             news = any(e.news for e in group)
-            ident.next_read = end + ident.pace.after_read(news, end)
+            etas = [eta for e in group if e.ok and (eta := e.eta(end)) is not None]
+            eta = min(etas, default=None)
+            ident.next_read = end + ident.pace.after_read(news, end, eta)
         ids = {e.run.id for e in stepped}
         for e in list(self._entries.values()):
             ended = e.ok and e.run.id in ids and e.run.all_ended
@@ -396,6 +398,7 @@ class Watcher(SharedReads):
         for e in group:
             if self._guard(e, e.run._apply_squeue, e.rows, states, error):
                 e.news = changed = True
+            e.asked = states is not None
         policy = self.poll_policy
         if error is not None or changed or self._clock() < sched.fresh_until:
             sched.interval = policy.squeue_min_s

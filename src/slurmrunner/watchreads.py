@@ -78,6 +78,22 @@ class Entry:
     retry_at: float = float("-inf")
     flushed_at: float = float("-inf")  # when its call counters were last saved
     submitted: int | None = None  # jobs it submitted in this cycle (None: all it has, started)
+    asked: bool = False  # the scheduler answered for its jobs in this cycle
+    # Its first read that found results (watcher's clock, results then): the pace since then
+    # predicts when its last result lands (pacing.ReadPace's read aimed at the end).
+    paced_from: tuple[float, int] | None = None
+
+    def eta(self, now: float) -> float | None:
+        """Seconds until its last result, at the pace results came since its first ones."""
+        done, total = len(self.run._finished), self.run.n_tasks
+        if self.paced_from is None:
+            if done:
+                self.paced_from = (now, done)
+            return None
+        since, before = self.paced_from
+        if done <= before or now <= since or done >= total:
+            return None
+        return (total - done) * (now - since) / (done - before)
 
 
 @dataclass
@@ -111,7 +127,7 @@ class SharedReads:
         """At most one cat for the identity's runs (see the module doc for the others)."""
         planned: list[Planned] = []
         for e in group:
-            plan = self._guard(e, e.run._read_plan, e.rows, now)
+            plan = self._guard(e, e.run._read_plan, e.rows, now, e.asked)
             if plan is not None:
                 planned.append((e, plan))
         alone: list[Planned] = []
