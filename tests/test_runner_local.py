@@ -308,7 +308,7 @@ def test_a_project_folder_others_may_write_is_refused(tmp_path, mode, refused):
 
 
 def test_folder_checks_read_ls_as_it_prints():
-    from slurmrunner.submission import check_folders
+    from slurmrunner.run_folders import check_folders
 
     parents = ["/p", "/p/.slurmrunner", "/p/.slurmrunner/runs"]
     ok = "drwx------ 2 1000 1000 40 Nov 30 14:27 {}"
@@ -380,7 +380,7 @@ def test_a_task_that_kills_itself_stays_signal_with_its_number(tmp_path, how, na
 
 
 def test_folders_are_looked_at_before_anything_is_made_in_them():
-    from slurmrunner.submission import check_before_making
+    from slurmrunner.run_folders import check_before_making
 
     subs = ["/p/.slurmrunner", "/p/.slurmrunner/runs"]
     base = "drwx------ 2 1000 1000 40 Nov 30 14:27 /p/"

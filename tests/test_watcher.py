@@ -424,3 +424,32 @@ def test_a_job_the_scheduler_just_called_pending_is_not_read_in_that_cycle(tmp_p
     calls = watcher.stats.recent[-1].calls
     assert calls[("poll", "fake")] == 0 and calls[("cat", "alice")] == 1
     assert run.all_ended
+
+
+def test_runs_of_one_account_started_together_share_their_folder_calls(tmp_path):
+    """A server starts many runs of one user in a cycle: their folders take four calls as the
+    user in all (a look, one mkdir of every run folder, a check, one mkdir of their
+    subfolders), not four per run. A folder planted where one run's goes fails that run
+    alone, and nothing is made in it."""
+    store = Store(tmp_path / "store.sqlite")
+    profile = Profile(backend="local", project_dir=str(tmp_path / "proj"))
+    runner = Runner(SlurmRunnerConfig(), profile, store, FAST)
+    runs = [runner.prepare([sys.executable, EXAMPLE], [{"x": k}]) for k in range(4)]
+    planted = Path(runs[2].run_dir)
+    planted.mkdir(parents=True)
+    watcher = Watcher(FAST)
+    for run in runs:
+        watcher.add(run, start=True)
+    deadline = time.monotonic() + 60
+    while watcher.runs():
+        assert time.monotonic() < deadline, "the runs did not finish"
+        watcher.step()
+        time.sleep(watcher.pause())
+    calls = [store.counters(run.id) for run in runs]
+    assert sum(c.get("ls", 0) for c in calls) == 2 and sum(c.get("mkdir", 0) for c in calls) == 2
+    failed = store.run(runs[2].id)
+    assert failed.state == "failed" and "exists" in (failed.message or "")
+    assert list(planted.iterdir()) == []
+    for k in (0, 1, 3):
+        assert store.run(runs[k].id).state == "done"
+        assert [r.result["square"] for r in runs[k].results()] == [k * k]

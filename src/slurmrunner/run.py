@@ -111,6 +111,7 @@ class Run(Reading, Settling, Submission, Asking, Retrying):
         self._claim = new_claim()
         # Job index -> its script, rendered while planning (runner.prepare): submitted as is.
         self._ready_scripts: dict[int, str] = {}
+        self._folder_made, self._folder_refused = False, None  # see Watcher._make_folders
         self._retry_submit_at: float | None = None  # set while the user's job limit holds
         self._new: list[TaskResult] = []  # saved since the last status()
         # Failures saved since the retry policy last looked (retrying.py); the first look

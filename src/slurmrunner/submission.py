@@ -2,9 +2,8 @@
 so no job is ever submitted twice, even by two processes reattaching at the same moment.
 
 The run folder is made fresh and private (refused if it exists), in folders that no other
-account may write: whoever can rename an entry of a parent could swap the run's files for links
-to files of the account the job runs as. The worker then opens everything in it relative to
-the folder itself, never following a link.
+account may write (run_folders.py). The worker then opens everything in it relative to the
+folder itself, never following a link.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 
 from .backends import Backend
 from .errors import (
-    ConfigError,
     HostError,
     ImpersonationError,
     SchedulerError,
@@ -31,6 +29,7 @@ from .hosts.base import CommandResult, Host
 from .pacing import PollPolicy
 from .results import TaskError, TaskResult
 from .retrying import retry_spec
+from .run_folders import finish_folders, make_parents, make_run_folders
 from .runspec import RunSpec, worker_source
 from .script import job_name, render_script
 from .store import JobRow, Store, claim_is_live
@@ -53,6 +52,10 @@ class Submission:
     warnings: list[str]
     _claim: str
     _ready_scripts: dict[int, str]
+    # Set by the watcher when it made the run's folder with others of its account: made, and
+    # why it was refused if it was.
+    _folder_made: bool
+    _folder_refused: Exception | None
     _retry_submit_at: float | None
     _finished: set[int]
 
@@ -91,52 +94,25 @@ class Submission:
         self.start(taken_over=True)
 
     def _make_run_folder(self, taken_over: bool = False) -> None:
+        if self._folder_made:  # with the other runs of its account (watcher, run_folders)
+            self._folder_made = False
+            if self._folder_refused is not None:
+                raise self._folder_refused
+            return
         base = self.spec.profile.resolved_project_dir()
-        parents = [base, f"{base}/.slurmrunner", f"{base}/.slurmrunner/runs"]
-        # Looked at before anything is made in them: a folder another account may write, or
-        # a link planted where our own folders go, is refused before a mkdir could follow it.
-        # Made only when missing (a user's first run): each call is a sudo or an SSH command.
-        look = ["ls", "-ldn", f"{base}/", *parents[1:]]  # missing ones: rc 2
-        before = self._user(look).stdout
-        try:
-            missing = check_before_making(before, base, parents[1:])
-        except HostError:  # base could not be listed: made (or refused by mkdir), looked again
-            self._user(["mkdir", "-p", "-m", "700", base], check=True)
-            missing = check_before_making(self._user(look).stdout, base, parents[1:])
-        if missing:
-            self._user(["mkdir", "-p", "-m", "700", *parents], check=True)
-        if taken_over:
-            # From a process that died in `start`: the folder, if there, is that process's
-            # (the parents let no other account write, checked just below) and holds what it made
-            # (the jobs it submitted write into it), so it is kept as it is.
-            self._user(["mkdir", "-p", "-m", "700", self.run_dir], check=True)
-        else:
-            self._make_new_run_dir()
-        listing = self._user(["ls", "-ldnL", *parents, self.run_dir], check=True)
-        check_folders(listing.stdout, parents, self.run_dir)
-        subdirs = [f"{self.run_dir}/{sub}" for sub in ("jobs", "logs", "tasks", "results")]
-        self._user(["mkdir", "-p", "-m", "700", *subdirs], check=True)
-
-    def _make_new_run_dir(self) -> None:
-        # No -p: refused if it exists (a run id is new, so only a plant would be there), and
-        # not run again after a dropped connection, when "exists" could be our own doing.
-        try:
-            made = self._user(["mkdir", "-m", "700", self.run_dir], idempotent=False)
-        except HostError as exc:
-            if not getattr(exc, "maybe_ran", False):
-                raise
-            made = None  # the connection dropped while it ran: it may be made, by us
-        if made is None:
-            # Parents no other account may write (checked after this, in _make_run_folder)
-            # leave only the user able to have made it, so an empty folder is that mkdir's.
-            self._user(["mkdir", "-p", "-m", "700", self.run_dir], check=True)
-            if self._user(["ls", "-A", self.run_dir], check=True).stdout.strip():
-                raise HostError(f"the run folder {self.run_dir} is not empty: refusing it")
-        elif not made.ok:
-            raise HostError(
-                f"cannot create the run folder {self.run_dir}: {made.stderr.strip()[:300]} "
-                "(it must not exist before the run)"
-            )
+        if not taken_over:
+            refused = make_run_folders(self._user, base, [self.run_dir])
+            if refused:
+                raise refused[self.run_dir]
+            return
+        # From a process that died in `start`: the folder, if there, is that process's (the
+        # parents let no other account write, checked after) and holds what it made (the jobs
+        # it submitted write into it), so it is kept as it is.
+        make_parents(self._user, base)
+        self._user(["mkdir", "-p", "-m", "700", self.run_dir], check=True)
+        refused = finish_folders(self._user, base, [self.run_dir])
+        if refused:
+            raise refused[self.run_dir]
 
     def _user(
         self, argv: list[str], check: bool = False, idempotent: bool = True, **host_kw: Any
@@ -286,76 +262,3 @@ def run_as_user(
                 raise
             log.warning("%s interrupted (%s); running it again", argv[0], exc)
             time.sleep(delays.pop(0))
-
-
-def _problem(mode: str) -> str | None:
-    sticky = mode[9:10] in ("t", "T")
-    if mode.startswith("l"):
-        return "is a link (the run's own folders are never links)"
-    if not mode.startswith("d"):
-        return "is not a folder"
-    if (mode[5:6] == "w" or mode[8:9] == "w") and not sticky:
-        return f"may be written by other users ({mode[:10]})"
-    return None
-
-
-def _refuse(path: str, problem: str) -> ConfigError:
-    return ConfigError(
-        f"project_dir: {path} {problem}: another account could replace a run's files "
-        f"there with links to yours. Make it yours and private (chmod go-w {path}), or "
-        "set project_dir to a folder of your own"
-    )
-
-
-def check_before_making(listing: str, base: str, subs: list[str]) -> list[str]:
-    """Before the run's folders are made under `base` (`listing` is `ls -ldn BASE/ SUBS...`,
-    the missing SUBS absent): `base` must be a folder no other account may write, and each SUB
-    already there a real folder (not a link), not writable by others, owned by base's owner
-    (any owner when base is root's, like a sticky scratch: the check after making tells).
-    The SUBS missing, to be made. HostError: `base` is not in the listing."""
-    seen: dict[str, tuple[str, str]] = {}
-    for line in listing.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        name = line.split(" -> ", 1)[0] if fields[0].startswith("l") else line
-        for path in [f"{base}/", *subs]:
-            if name.endswith(" " + path):
-                seen[path.rstrip("/") or "/"] = (fields[0], fields[2])
-    if base not in seen:
-        raise HostError(f"cannot check the folder {base}: ls said {listing[:300]!r}")
-    base_mode, base_owner = seen[base]
-    if problem := _problem(base_mode):
-        raise _refuse(base, problem)
-    for path in subs:
-        if path not in seen:
-            continue
-        mode, owner = seen[path]
-        if problem := _problem(mode):
-            raise _refuse(path, problem)
-        if owner != base_owner and base_owner != "0":
-            raise _refuse(path, f"belongs to another account (uid {owner})")
-    return [path for path in subs if path not in seen]
-
-
-def check_folders(listing: str, parents: list[str], run_dir: str) -> None:
-    """Refuse parents of the run folder that another account may change: not a folder,
-    writable by group or others without the sticky bit, or owned by neither the user (the run
-    folder's owner, just made) nor root. `listing` is `ls -ldnL PARENTS... RUN_DIR`."""
-    seen: dict[str, tuple[str, str]] = {}
-    for line in listing.splitlines():
-        fields = line.split()
-        for path in [*parents, run_dir]:
-            # Matched by the name at the end: the date before it takes 2 or 3 fields by locale.
-            if len(fields) > 3 and line.endswith(" " + path):
-                seen[path] = (fields[0], fields[2])  # mode, links, uid, ...
-    if run_dir not in seen or any(p not in seen for p in parents):
-        raise HostError(f"cannot check the folders of {run_dir}: ls said {listing[:300]!r}")
-    user = seen[run_dir][1]
-    for path in parents:
-        mode, owner = seen[path]
-        problem = _problem(mode)
-        if problem is None and owner not in (user, "0"):
-            problem = f"belongs to another account (uid {owner})"
-        if problem:
-            raise _refuse(path, problem)

@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from .errors import HostError, TransientSchedulerError
 from .pacing import PollPolicy, ReadPace
+from .run_folders import make_run_folders
 from .watchreads import Entry, Identity, RunKeys, SharedReads, run_keys
 from .watchstats import CallKey, CycleStats, WatcherStats
 
@@ -158,6 +159,8 @@ class Watcher(SharedReads):
         stepped = self._due(now, read_all, polled)
         for e in stepped:
             e.ok, e.news, e.rows, e.asked = True, False, [], False
+        self._make_folders([e for e in stepped if e.start])
+        for e in stepped:
             self._guard(e, self._prepare, e)
         self._job_rows([e for e in stepped if e.ok])
         live = [e for e in stepped if e.ok and e.rows]
@@ -330,6 +333,27 @@ class Watcher(SharedReads):
                 log.error("run %s ended, but its state was not saved: %r", e.run.id, exc)
 
     # the phases of a cycle
+    def _make_folders(self, starting: list[Entry]) -> None:
+        """The folders of the runs of one account (and project) starting in this cycle, made
+        together: four calls as the user for them all, not four per run (run_folders.py).
+        Each run's start then takes its folder, or the reason it was refused."""
+
+        def where(e: Entry) -> str:
+            return f"{e.keys.identity}\0{e.run.spec.profile.resolved_project_dir()}"
+
+        for group in _by([e for e in starting if not e.run._closed], where).values():
+            if len(group) < 2:
+                continue  # made by its own start, as ever
+            first = group[0].run
+            base = first.spec.profile.resolved_project_dir()
+            try:
+                refused = make_run_folders(first._user, base, [e.run.run_dir for e in group])
+            except Exception as exc:  # the project folder refused, the host down: all of them
+                refused = {e.run.run_dir: exc for e in group}
+            for e in group:
+                e.run._folder_made = True
+                e.run._folder_refused = refused.get(e.run.run_dir)
+
     def _prepare(self, e: Entry) -> None:
         """Start or resume the run if it is its first step; its job rows are read after."""
         run = e.run
