@@ -510,10 +510,8 @@ def run_one(
     chown(calls_log, run_as)
     # The user's project folder exists before the clock starts, as a user's project does (the
     # floor's harness makes its own folder before its clock too); what a run makes in it is timed.
-    for folder in (Path(USER_BENCH_DIR), Path(user_dir)):
-        if not folder.is_dir():
-            folder.mkdir(mode=0o700)
-            chown(folder, USER)
+    # Made as the user (root making it in her home, then chown, would follow a link of hers).
+    subprocess.run(["runuser", "-u", USER, "--", "mkdir", "-p", "-m", "700", user_dir], check=True)
 
     keys = RIG_ENV.get("RIG_KEYS_DIR", "/etc/slurmrunner-rig/keys")
     if contender.startswith("slurmrunner"):

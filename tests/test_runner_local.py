@@ -403,6 +403,41 @@ def test_folders_are_looked_at_before_anything_is_made_in_them():
         check_before_making("", "/p", subs)
 
 
+def test_our_own_folders_that_others_may_write_are_refused_even_sticky():
+    """Under a shared scratch (root's, 1777) another account may make .slurmrunner/runs first,
+    sticky and world-writable: the user's mkdir would then work in a folder whose owner can
+    swap the run folder for one of its own before the check. Only the project folder itself
+    may be sticky."""
+    from slurmrunner.run_folders import check_before_making, check_folders
+
+    subs = ["/s/.slurmrunner", "/s/.slurmrunner/runs"]
+    scratch = "drwxrwxrwt 2 0 0 40 Nov 30 14:27 /s/"
+    theirs = "drwxrwxrwt 2 1001 1001 40 Nov 30 14:27 "
+    listing = "\n".join([scratch, theirs + subs[0], theirs + subs[1]])
+    with pytest.raises(ConfigError, match=r"\.slurmrunner may be written by other users"):
+        check_before_making(listing, "/s", subs)
+    after = "\n".join(
+        [scratch[:-1], theirs + subs[0], theirs + subs[1], theirs + "/s/.slurmrunner/runs/R"]
+    )
+    with pytest.raises(ConfigError, match="may be written by other users"):
+        check_folders(after, ["/s", *subs], "/s/.slurmrunner/runs/R")
+
+
+def test_a_link_whose_target_fakes_a_line_of_ls_is_refused():
+    """ls prints a link's target as it is: a newline in it and a line of the planter's making
+    must not pass for a real folder (nor for the project folder's own line)."""
+    from slurmrunner.run_folders import check_before_making
+
+    subs = ["/p/.slurmrunner", "/p/.slurmrunner/runs"]
+    base = "drwx------ 2 1000 1000 40 Nov 30 14:27 /p/"
+    fake = "drwx------ 2 1000 1000 40 Nov 30 14:27 /p/.slurmrunner"
+    link = f"lrwxrwxrwx 1 1000 1000 9 Nov 30 14:27 /p/.slurmrunner -> /home/bob\n{fake}"
+    with pytest.raises(HostError, match="cannot check"):
+        check_before_making(f"{base}\n{link}", "/p", subs)
+    with pytest.raises(HostError, match="cannot check"):  # a second line for the project
+        check_before_making(f"{base}\n{base}", "/p", subs)
+
+
 def test_a_users_later_runs_make_only_their_own_folders(tmp_path):
     """The project's .slurmrunner/runs is looked at before each run but made once: a run
     costs a listing, its folder, a listing and its subfolders (each call is a sudo or an SSH

@@ -136,10 +136,11 @@ class Reading:
             return False
         if w.first_seen is None:
             w.first_seen = now
-        if just_asked and row.idx in self._pending_now:
-            return True  # PENDING a moment ago, so no worker has written yet: a cat for nothing
         if now - w.first_seen < START_LOOK_S:
-            return False  # just submitted: its start line tells its start, on the read pace
+            # Just submitted: its start line tells its start, on the read pace; but not right
+            # after squeue called it PENDING in this cycle (no worker has written yet: a cat
+            # for nothing). Only now: a job requeued later may hold an earlier attempt's lines.
+            return just_asked and row.idx in self._pending_now
         return now - w.looked_at < PENDING_LOOK_S
 
     def _read_plan(

@@ -32,18 +32,19 @@ def make_parents(user: UserCall, base: str, also: list[str] | None = None) -> di
     """Check the project folder and make its `.slurmrunner/runs` when missing (a user's first
     run). `also`: paths listed in the same look (the run folders to be made). Returns what the
     look listed of `also` (mode, owner): a run folder already there is a plant."""
-    parents = parents_of(base)
-    look = ["ls", "-ldn", f"{base}/", *parents[1:], *(also or [])]  # missing ones: rc 2
+    parents, also = parents_of(base), also or []
+    look = ["ls", "-ldn", f"{base}/", *parents[1:], *also]  # missing ones: rc 2
     before = user(look).stdout
     try:
-        missing = check_before_making(before, base, parents[1:])
+        missing = check_before_making(before, base, parents[1:], also)
     except HostError:  # base could not be listed: made (or refused by mkdir), looked again
         user(["mkdir", "-p", "-m", "700", base], check=True)
         before = user(look).stdout
-        missing = check_before_making(before, base, parents[1:])
+        missing = check_before_making(before, base, parents[1:], also)
     if missing:
         user(["mkdir", "-p", "-m", "700", *parents], check=True)
-    return listed(before, also or [])
+    seen = listed(before, look[2:])
+    return {path: seen[path] for path in also if path in seen}
 
 
 def make_run_folders(user: UserCall, base: str, run_dirs: list[str]) -> dict[str, Exception]:
@@ -79,8 +80,8 @@ def _make_fresh(user: UserCall, run_dirs: list[str]) -> dict[str, Exception]:
     # Listed as missing a moment ago, in parents only the user (or root) may write: which of
     # them the user made meanwhile cannot be told apart from ours, so none is used.
     why = HostError(
-        f"cannot create the run folder: {made.stderr.strip()[:300]} "
-        "(it must not exist before the run)"
+        f"cannot create the run folders of {len(run_dirs)} runs started together: "
+        f"{made.stderr.strip()[:300]} (a run's folder must not exist before the run)"
     )
     return dict.fromkeys(run_dirs, why)
 
@@ -104,7 +105,7 @@ def finish_folders(user: UserCall, base: str, run_dirs: list[str]) -> dict[str, 
     refused: dict[str, Exception] = {}
     for d in run_dirs:
         try:
-            check_folders(listing, parents, d)
+            check_folders(listing, parents, d, run_dirs)
         except (ConfigError, HostError) as exc:
             refused[d] = exc
     ready = [d for d in run_dirs if d not in refused]
@@ -117,22 +118,28 @@ def finish_folders(user: UserCall, base: str, run_dirs: list[str]) -> dict[str, 
 # Pure: what `ls -ldn` said.
 def listed(listing: str, paths: list[str]) -> dict[str, tuple[str, str]]:
     """path -> (mode, owner uid) for each of `paths` that `listing` names (a link's line is
-    matched by the name before its ` -> `; a folder asked with a trailing / is keyed without)."""
+    matched by the name before its ` -> `; a folder asked with a trailing / is keyed without).
+    HostError: a line that names none of them, or one named twice. ls prints a link's target
+    as it is, so a planted link whose target holds a newline and a line of its own making
+    could otherwise pass for a folder, or for the project folder's line."""
     seen: dict[str, tuple[str, str]] = {}
     for line in listing.splitlines():
         fields = line.split()
-        if len(fields) < 4:
-            continue
         # Matched by the name at the end: the date before it takes 2 or 3 fields by locale.
-        name = line.split(" -> ", 1)[0] if fields[0].startswith("l") else line
-        for path in paths:
-            if name.endswith(" " + path):
-                seen[path.rstrip("/") or "/"] = (fields[0], fields[2])
+        name = line.split(" -> ", 1)[0] if fields[:1] and fields[0].startswith("l") else line
+        found = [p for p in paths if len(fields) >= 4 and name.endswith(" " + p)]
+        key = found[0].rstrip("/") or "/" if found else None
+        if key is None or key in seen:
+            raise HostError(f"cannot check the run's folders: ls said {listing[:300]!r}")
+        seen[key] = (fields[0], fields[2])
     return seen
 
 
-def _problem(mode: str) -> str | None:
-    sticky = mode[9:10] in ("t", "T")
+def _problem(mode: str, base: bool = False) -> str | None:
+    # The sticky bit excuses a shared project folder (a scratch like /scratch, 1777: no one
+    # renames another's entries there), never our own .slurmrunner or runs, made 700: one that
+    # others may write is someone else's, whose owner could swap a run folder made in it.
+    sticky = base and mode[9:10] in ("t", "T")
     if mode.startswith("l"):
         return "is a link (the run's own folders are never links)"
     if not mode.startswith("d"):
@@ -150,17 +157,20 @@ def _refuse(path: str, problem: str) -> ConfigError:
     )
 
 
-def check_before_making(listing: str, base: str, subs: list[str]) -> list[str]:
+def check_before_making(
+    listing: str, base: str, subs: list[str], also: list[str] | None = None
+) -> list[str]:
     """Before the run's folders are made under `base` (`listing` is `ls -ldn BASE/ SUBS...`,
     the missing SUBS absent): `base` must be a folder no other account may write, and each SUB
     already there a real folder (not a link), not writable by others, owned by base's owner
     (any owner when base is root's, like a sticky scratch: the check after making tells).
-    The SUBS missing, to be made. HostError: `base` is not in the listing."""
-    seen = listed(listing, [f"{base}/", *subs])
+    The SUBS missing, to be made. HostError: `base` is not in the listing. `also`: other
+    paths the listing may name (the run folders about to be made)."""
+    seen = listed(listing, [f"{base}/", *subs, *(also or [])])
     if base not in seen:
         raise HostError(f"cannot check the folder {base}: ls said {listing[:300]!r}")
     base_mode, base_owner = seen[base]
-    if problem := _problem(base_mode):
+    if problem := _problem(base_mode, base=True):
         raise _refuse(base, problem)
     for path in subs:
         if path not in seen:
@@ -173,17 +183,20 @@ def check_before_making(listing: str, base: str, subs: list[str]) -> list[str]:
     return [path for path in subs if path not in seen]
 
 
-def check_folders(listing: str, parents: list[str], run_dir: str) -> None:
+def check_folders(
+    listing: str, parents: list[str], run_dir: str, others: list[str] | None = None
+) -> None:
     """Refuse parents of the run folder that another account may change: not a folder,
-    writable by group or others without the sticky bit, or owned by neither the user (the run
-    folder's owner, just made) nor root. `listing` is `ls -ldnL PARENTS... RUN_DIR`."""
-    seen = listed(listing, [*parents, run_dir])
+    writable by group or others (without the sticky bit, for the project folder), or owned by
+    neither the user (the run folder's owner, just made) nor root. `listing` is `ls -ldnL
+    PARENTS... RUN_DIR` (and the `others` run folders made with it)."""
+    seen = listed(listing, list(dict.fromkeys([*parents, run_dir, *(others or [])])))
     if run_dir not in seen or any(p not in seen for p in parents):
         raise HostError(f"cannot check the folders of {run_dir}: ls said {listing[:300]!r}")
     user = seen[run_dir][1]
     for path in parents:
         mode, owner = seen[path]
-        problem = _problem(mode)
+        problem = _problem(mode, base=path == parents[0])
         if problem is None and owner not in (user, "0"):
             problem = f"belongs to another account (uid {owner})"
         if problem:

@@ -48,11 +48,13 @@ def _as_resources(resources: TaskResources | Mapping[str, Any] | None) -> TaskRe
 
 
 def _as_inputs(inputs: Iterable[Any]) -> list[Any]:
-    """Any iterable, read once (a generator too); each input must be JSON."""
+    """Any iterable, read once (a generator too); each input must be JSON. Each is taken as
+    JSON gives it back (a tuple as a list, a key 2 as "2"), as the store gives it to a retry or
+    to another process: the jobs submitted first are the ones rendered again later."""
     values = list(inputs)
     for n, value in enumerate(values):
         try:
-            json.dumps(value, sort_keys=True)  # as the job's payload is written (runspec)
+            values[n] = json.loads(json.dumps(value))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"inputs[{n}]: not JSON ({exc})") from None
     return values
@@ -152,7 +154,7 @@ class Runner:
         # The plan within the partition's time limit and max_script_bytes (more jobs when a
         # script would be too large), or a refusal naming the numbers: before anything exists.
         scripts: dict[int, str] = {}
-        spec = spec.fit_scripts(tasks, scripts)
+        spec = spec.fit_scripts(tasks, scripts, READY_SCRIPTS_MAX_CHARS)
         user_id, resource_id, profile_id = owner or (None, None, None)
         self.store.create_run(
             run_id,
@@ -164,8 +166,7 @@ class Runner:
             profile_id=profile_id,
         )
         run = Run(run_id, self.store, spec, self.poll_policy, connections_before)
-        if sum(map(len, scripts.values())) <= READY_SCRIPTS_MAX_CHARS:
-            run._ready_scripts = scripts
+        run._ready_scripts = scripts
         if asked:
             run.calls[backend.scheduler.call_names["shape"]] += 1
         return run

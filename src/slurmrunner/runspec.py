@@ -179,14 +179,18 @@ class RunSpec:
         )
 
     def fit_scripts(
-        self, tasks: list[tuple[int, Any]], scripts: dict[int, str] | None = None
+        self,
+        tasks: list[tuple[int, Any]],
+        scripts: dict[int, str] | None = None,
+        keep_chars: int = 0,
     ) -> RunSpec:
         """This spec for `tasks`, with as many jobs as keep every job's script within
         max_script_bytes and its payload's JSON within payload_json_limit (up to max_num_jobs):
         every job is rendered and measured, so a run that passes is one whose jobs all fit,
         the partition's time limit included (the plan checks it). BatchingError or
         ConfigError, with the numbers, before anything exists. `scripts`, when given, is
-        filled with each job's script as rendered here (job index -> script)."""
+        filled with each job's script as rendered here (job index -> script), while they
+        hold at most `keep_chars` characters in all (none at all past it)."""
         spec = replace(self, n_tasks=len(tasks))
         script_limit = self.config.max_script_bytes
         limits = self.config.batching_config
@@ -197,6 +201,7 @@ class RunSpec:
             plan = spec.plan
             json_limit, json_why = payload_json_limit(plan)
             over = None
+            kept = 0 if scripts is not None else -1  # -1: none kept
             if scripts is not None:
                 scripts.clear()  # an earlier round's plan
             for job in spec.jobs(tasks):
@@ -210,8 +215,13 @@ class RunSpec:
                 if size > script_limit:
                     over = (job, size, False)
                     break
-                if scripts is not None:
-                    scripts[job.job_index] = script
+                if kept >= 0 and scripts is not None:
+                    kept += len(script)
+                    if kept > keep_chars:
+                        scripts.clear()
+                        kept = -1
+                    else:
+                        scripts[job.job_index] = script
             if over is None:
                 return spec
             job, size, is_json = over

@@ -50,6 +50,8 @@ COUNTERS_EVERY_S = 5.0
 # changed): its jobs start within the scheduler's next passes, and short ones end soon after.
 FRESH_SQUEUE_S = 5.0
 FINAL_RUN_STATES = ("done", "cancelled", "failed")
+#: Most run folders made in one set of calls (Watcher._make_folders).
+FOLDERS_AT_ONCE = 50
 
 
 @dataclass
@@ -338,21 +340,28 @@ class Watcher(SharedReads):
         together: four calls as the user for them all, not four per run (run_folders.py).
         Each run's start then takes its folder, or the reason it was refused."""
 
-        def where(e: Entry) -> str:
-            return f"{e.keys.identity}\0{e.run.spec.profile.resolved_project_dir()}"
-
-        for group in _by([e for e in starting if not e.run._closed], where).values():
-            if len(group) < 2:
-                continue  # made by its own start, as ever
-            first = group[0].run
-            base = first.spec.profile.resolved_project_dir()
+        groups: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+        for e in starting:
             try:
-                refused = make_run_folders(first._user, base, [e.run.run_dir for e in group])
-            except Exception as exc:  # the project folder refused, the host down: all of them
-                refused = {e.run.run_dir: exc for e in group}
-            for e in group:
-                e.run._folder_made = True
-                e.run._folder_refused = refused.get(e.run.run_dir)
+                where = e.run.spec.profile.resolved_project_dir()
+            except Exception:  # e.g. no working folder: its own start says so, in its guard
+                continue
+            if not e.run._closed:
+                groups[(e.keys.identity, where)].append(e)
+        for (_, base), entries in groups.items():
+            # A bounded command line (an SSH command is one string, 128 KiB at most).
+            for k in range(0, len(entries) if len(entries) > 1 else 0, FOLDERS_AT_ONCE):
+                group = entries[k : k + FOLDERS_AT_ONCE]
+                first = group[0].run
+                with first._lock:  # its call counters take the group's calls
+                    try:
+                        dirs = [e.run.run_dir for e in group]
+                        refused = make_run_folders(first._user, base, dirs)
+                    except Exception as exc:  # the project folder refused, the host down
+                        refused = {e.run.run_dir: exc for e in group}
+                for e in group:
+                    e.run._folder_made = True
+                    e.run._folder_refused = refused.get(e.run.run_dir)
 
     def _prepare(self, e: Entry) -> None:
         """Start or resume the run if it is its first step; its job rows are read after."""
