@@ -30,6 +30,7 @@ next attempt's lines to the same chunks, after the interrupted records of the ea
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 import re
 from dataclasses import dataclass
@@ -209,6 +210,41 @@ def _no_constant(name: str) -> Any:
 
 # One decoder for every line (json.loads with hooks would build one per call).
 _load = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
+# The usual line's: the C scanner itself, without decode()'s wrappers and without the float
+# hook (a Python call per number); inf is looked for after (_finite_tree).
+_scan = json.scanner.make_scanner(json.JSONDecoder(parse_constant=_no_constant))
+
+
+def _scan_object(line: str) -> dict[str, Any] | None:
+    """The line's JSON object as _load gives it, but for an infinite number (1e999), which
+    _load refuses; None when the line is not one object alone (then _load says why)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        data, end = _scan(line, 0)
+    except (StopIteration, ValueError):
+        return None
+    return data if end == len(line) else None  # else trailing space, or extra data
+
+
+def _finite_tree(value: Any) -> bool:
+    """No inf or NaN in a decoded value (nested at most MAX_DEPTH deep: too_deep said so
+    before it was decoded)."""
+    kind = type(value)
+    if kind is float:
+        return value - value == 0.0  # nan for inf and NaN
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return True
+    for v in value:
+        kind = type(v)
+        if kind is float:
+            if v - v != 0.0:
+                return False
+        elif (kind is dict or kind is list) and not _finite_tree(v):
+            return False
+    return True
 
 
 def parse_line(
@@ -233,10 +269,31 @@ def _parse(line: str, job: int, tasks: range, max_result_bytes: int) -> Line:
         return Bad(f"a line of {len(line)} characters, over {limit}", sample(line))
     if too_deep(line):
         return Bad(f"nested deeper than {MAX_DEPTH} levels", sample(line))
+    # The usual line is decoded by _scan_object, as _load would as long as no number in it is
+    # infinite. One that turns out to hold such a number is decoded again by _load, whose
+    # refusal names it, as it always did.
+    data = _scan_object(line)
+    if data is None:
+        return _parse_slowly(line, job, tasks)
+    parsed = _validate(data, line, job, tasks)
+    if isinstance(parsed, TaskRecord):
+        # Valid: every field but the result is typed (extra forbid) and pydantic refuses an
+        # infinite float; the result is Any.
+        return parsed if _finite_tree(parsed.result) else _parse_slowly(line, job, tasks)
+    if isinstance(parsed, Bad) and not _finite_tree(data):
+        return _parse_slowly(line, job, tasks)
+    return parsed  # an event line: typed fields only, as above
+
+
+def _parse_slowly(line: str, job: int, tasks: range) -> Line:
     try:
         data = _load(line)
     except ValueError as exc:  # JSONDecodeError, an int of 5,000 digits, 1e999, NaN
         return Bad(f"not JSON: {str(exc)[:100]}", sample(line))
+    return _validate(data, line, job, tasks)
+
+
+def _validate(data: Any, line: str, job: int, tasks: range) -> Line:
     if not isinstance(data, dict):
         return Bad("not a JSON object", sample(line))
     event = data.get("event")

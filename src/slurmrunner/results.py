@@ -7,9 +7,11 @@ wrote lines that were not valid records (one of them may have been this task's).
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from dataclasses import asdict, dataclass, fields
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 from .records import TaskRecord
@@ -101,6 +103,54 @@ class TaskResult:
             }
         )
 
+    def to_json(self) -> str:
+        """json.dumps(self.to_dict()), the very same text: what the run store keeps. Built
+        field by field (the dict, and the encoder's walk over it, cost as much again as the
+        result's own JSON); anything unusual is left to json.dumps."""
+        try:
+            if (
+                self.attempts is not None
+                or self.resources is not None
+                or type(self.index) is not int
+            ):
+                raise _Unusual
+            err = self.error
+            error = (
+                "null"
+                if err is None
+                else f'{{"cause": {_str(err.cause)}, "message": {_str(err.message)}, '
+                f'"log_tail": {_str(err.log_tail)}}}'
+            )
+            result = "null" if self.result is None else json.dumps(self.result)
+            return (
+                f'{{"index": {self.index}, "status": {_str(self.status)}, "result": {result}, '
+                f'"error": {error}, "duration_s": {_float(self.duration_s)}, '
+                f'"max_rss_mb": {_float(self.max_rss_mb)}, "job_id": {_str(self.job_id)}, '
+                f'"log": {_str(self.log)}, "t_end": {_float(self.t_end)}}}'
+            )
+        except _Unusual:
+            return json.dumps(self.to_dict())
+
+
+class _Unusual(Exception):
+    """A value to_json leaves to json.dumps."""
+
+
+def _str(value: str | None) -> str:
+    if type(value) is str:
+        return encode_basestring_ascii(value)  # json.dumps's own escaping (ensure_ascii)
+    if value is None:
+        return "null"
+    raise _Unusual
+
+
+def _float(value: float | None) -> str:
+    if value is None:
+        return "null"
+    if type(value) is float and value - value == 0.0:  # json.dumps spells inf and NaN itself
+        return float.__repr__(value)
+    raise _Unusual
+
 
 _RESULT_FIELDS = tuple(f.name for f in fields(TaskResult))
 # Left out of a result's dict when unset: most tasks run once, and results keep their shape.
@@ -131,6 +181,24 @@ def from_record(
 
     `log` is the server's own path of the task's log, never the record's word.
     """
+    # By position, no dict of the common fields: this runs for every result the server reads.
+    if record.status == "ok":
+        return TaskResult(
+            record.i,
+            "ok",
+            record.result,
+            None,
+            record.duration_s,
+            record.max_rss_mb,
+            job_id,
+            log,
+            record.t_end,
+        )
+    assert record.error is not None  # the schema requires one unless ok
+    cause, message = record.error.cause, record.error.message
+    if awaits_scheduler(record) and end_state in STATE_CAUSES:
+        cause = STATE_CAUSES[end_state]
+        message = f"{message}; job {job_id} ended {end_state}"
     common = {
         "duration_s": record.duration_s,
         "max_rss_mb": record.max_rss_mb,
@@ -138,13 +206,6 @@ def from_record(
         "job_id": job_id,
         "log": log,
     }
-    if record.status == "ok":
-        return TaskResult(record.i, "ok", result=record.result, **common)
-    assert record.error is not None  # the schema requires one unless ok
-    cause, message = record.error.cause, record.error.message
-    if awaits_scheduler(record) and end_state in STATE_CAUSES:
-        cause = STATE_CAUSES[end_state]
-        message = f"{message}; job {job_id} ended {end_state}"
     return _failed(record.i, cause, message, log_tail=record.error.log_tail, **common)
 
 

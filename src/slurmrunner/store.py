@@ -46,13 +46,14 @@ from . import store_schema as schema
 from .errors import RunNotFoundError, SlurmRunnerError
 from .results import TaskResult
 from .store_queries import RunQueries
-from .store_retries import RetryStore, attempts_of
+from .store_retries import RetryStore
 from .store_rows import JOB_COLUMNS, JobRow, RunRow, RunView, job_row, run_row
+from .store_save import SAVE_CHUNK, Saver
 
 _runs, _jobs, _tasks, _counts = schema.runs, schema.jobs, schema.tasks, schema.status_counts
-# Indices per SELECT of save_results: far below SQLite's (32,766) and PostgreSQL's (65,535)
-# bound-parameter limits, whatever size of batch a caller hands in.
-_SAVE_CHUNK = 1000
+# Indices per SELECT (task_args): far below SQLite's (32,766) and PostgreSQL's (65,535)
+# bound-parameter limits.
+_SAVE_CHUNK = SAVE_CHUNK
 
 
 def default_store_path() -> Path:
@@ -100,22 +101,6 @@ _JOBS = select(*_jobs.c[JOB_COLUMNS]).where(_jobs.c.run_id == bindparam("run_id"
 _JOBS = _JOBS.order_by(_jobs.c.idx)
 _STATUS_COUNTS = select(_counts.c.status, _counts.c.n).where(
     _counts.c.run_id == bindparam("run_id")
-)
-# Which of these tasks have no result yet. Run inside the write transaction that saves them:
-# on SQLite the transaction holds the database's write lock from its BEGIN IMMEDIATE; on
-# PostgreSQL FOR UPDATE locks the rows (in index order, so two savers cannot deadlock), and a
-# row another transaction is writing is waited for, then re-read and left out if written.
-_UNSAVED = select(_tasks.c.idx, _tasks.c.history).where(
-    _tasks.c.run_id == bindparam("run_id"),
-    _tasks.c.idx.in_(bindparam("indices", expanding=True)),
-    _tasks.c.result.is_(None),
-)
-_UNSAVED = _UNSAVED.order_by(_tasks.c.idx).with_for_update()  # no FOR UPDATE on SQLite
-_SAVE = update(_tasks).values(
-    result=bindparam("result"), status=bindparam("status"), cause=bindparam("cause")
-)
-_SAVE = _SAVE.where(
-    _tasks.c.run_id == bindparam("rid"), _tasks.c.idx == bindparam("i"), _tasks.c.result.is_(None)
 )
 _RESULTS = select(_tasks.c.idx, _tasks.c.result).where(
     _tasks.c.run_id == bindparam("run_id"), _tasks.c.result.is_not(None)
@@ -186,7 +171,7 @@ class Store(RunQueries, RetryStore):
             engine, self._fast = schema.sqlite_file_engine(self.path)
         self._engine = engine
         dialect = engine.dialect
-        self._save = schema.Compiled(_SAVE, dialect)
+        self._saver = Saver(dialect)  # save_results's statements
         self._add_task = schema.Compiled(_ADD_TASK, dialect)
         self._save_counts = schema.adding_upsert(dialect.name, _counts, ("run_id", "status"))
         self._add_counters = schema.adding_upsert(dialect.name, schema.counters, ("run_id", "name"))
@@ -446,35 +431,20 @@ class Store(RunQueries, RetryStore):
 
         Which tasks are still unsaved is read under the write lock (SQLite) or row locks
         (PostgreSQL), so what is counted is exactly what is written, even with two processes
-        saving overlapping results at once. (Not UPDATE ... RETURNING: neither driver returns
-        rows from an executemany, and one UPDATE per task is 6x slower on SQLite.)
+        saving overlapping results at once. (Not UPDATE ... RETURNING: a retried task's
+        history goes into its result, so it is read first, with the rows locked in index
+        order.) Its statements, one per step whatever the batch: store_save.py.
         """
         first: dict[int, TaskResult] = {}
         for r in results:
             first.setdefault(r.index, r)  # as before: the first result given for a task wins
-        order = sorted(first)
+        if not first:
+            return
         with self._tx() as conn:
-            unsaved: list[int] = []
-            history: dict[int, str] = {}  # a retried task's earlier attempts go in its result
-            for k in range(0, len(order), _SAVE_CHUNK):
-                params = {"run_id": run_id, "indices": order[k : k + _SAVE_CHUNK]}
-                for i, h in conn.execute(_UNSAVED, params):
-                    unsaved.append(i)
-                    if h:
-                        history[i] = h
-            if not unsaved:
-                return
-            # One UPDATE per task by its primary key, whatever the planner knows. (One
-            # UPDATE ... FROM json_to_recordset per batch spends less of our CPU, but while a new
-            # run's statistics are stale PostgreSQL plans it as a nested loop over the whole
-            # run: 20,000 results took a minute instead of 3 s.)
-            save = self._save
-            rows = [_save_row(save, run_id, first[i], history.get(i)) for i in unsaved]
-            conn.exec_driver_sql(save.sql, rows)  # type: ignore[arg-type]
-            by_status = Counter(first[i].status for i in unsaved)
-            # Sorted: two savers on PostgreSQL lock the count rows in one order.
-            counts = [{"run_id": run_id, "status": s, "n": n} for s, n in sorted(by_status.items())]
-            conn.execute(self._save_counts, counts)
+            unsaved = self._saver.unsaved(conn, run_id, sorted(first))
+            if unsaved:
+                todo = [first[i] for i in unsaved]
+                self._saver.write(conn, run_id, todo, list(unsaved.values()))
 
     def results(self, run_id: str) -> dict[int, TaskResult]:
         rows = self._rows("results", run_id=run_id)
@@ -536,11 +506,3 @@ def _listing(by_user: bool, by_state: bool) -> Any:
         .select_from(joined)
         .order_by(picked.c.created.desc(), picked.c.id)
     )
-
-
-def _save_row(save: schema.Compiled, run_id: str, r: TaskResult, history: str | None) -> Any:
-    cause = r.error.cause if r.error else None
-    data = r.to_dict()
-    if history:
-        data.update(attempts_of(history))
-    return save.args(rid=run_id, i=r.index, result=json.dumps(data), status=r.status, cause=cause)
