@@ -453,3 +453,31 @@ def test_runs_of_one_account_started_together_share_their_folder_calls(tmp_path)
     for k in (0, 1, 3):
         assert store.run(runs[k].id).state == "done"
         assert [r.result["square"] for r in runs[k].results()] == [k * k]
+
+
+def test_a_job_squeue_sees_start_is_read_in_that_cycle(tmp_path):
+    """A user's job pending for long lets the reads back off (up to read_max_s): when squeue
+    says it runs, its files are read in that cycle, not up to 2 s later (S1: the last user's
+    last job ran 0.5 s and its end was seen 0.7 to 2.6 s after it)."""
+    run, query = fake_run(tmp_path, n_tasks=2, tasks_per_job=2)
+    (job_id,) = run.job_ids()
+    query.states[job_id] = "PENDING"
+    t = [0.0]
+    policy = PollPolicy(read_min_s=0.2, read_max_s=2.0, squeue_min_s=1.0, squeue_max_s=1.0)
+    watcher = Watcher(policy, keys=lambda r: RunKeys("fake", "alice"), clock=lambda: t[0])
+    watcher.add(run, resume=False)
+    for k in range(60):  # 30 s pending
+        t[0] = k * 0.5
+        watcher.step()
+    ident, sched = watcher._identities["alice"], watcher._schedulers["fake"]
+    assert ident.pace.interval == 2.0  # backed off
+    t[0] = sched.next_at
+    while ident.next_read <= t[0]:  # a cycle where squeue is due and the read is not
+        watcher.step()
+        t[0] = sched.next_at
+    query.states[job_id] = "RUNNING"
+    write(run, 0, start(0), ok(0, 0), ok(1, 0), end(0, 2))
+    watcher.step()
+    calls = watcher.stats.recent[-1].calls
+    assert calls[("poll", "fake")] == 1 and calls[("cat", "alice")] == 1
+    assert run.all_ended

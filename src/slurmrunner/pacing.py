@@ -91,6 +91,14 @@ class ReadPace:
         self._since = self._last_news = self._gap = None
         self._aims = 1
 
+    def wake(self) -> None:
+        """The scheduler says a job of these runs started or ended: the next waits start again
+        from the minimum, and the end may be aimed at again; no hold, and the age floor stays
+        (a job starting every few seconds in a long run must not keep the reads at the
+        minimum)."""
+        self._interval = self.min_s
+        self._aims = 1
+
     def after_read(self, news: bool, now: float, eta: float | None = None) -> float:
         """The wait until the next read, after one at `now` that brought `news` or not.
         `eta`: seconds until the last result is expected, if the pace of results tells."""

@@ -172,6 +172,12 @@ class Watcher(SharedReads):
                 sched = self._schedulers[key]
                 self._poll(sched, group)
                 asked.append((sched, group))
+        for key in {e.keys.identity for e in live if e.news}:
+            # A job started or ended, says squeue: its files are read now, not when a pace
+            # that backed off while it was pending comes round (up to read_max_s later).
+            ident = self._identities[key]
+            ident.pace.wake()
+            ident.next_read = min(ident.next_read, now)
         read = []
         for key, group in _by(live, lambda e: e.keys.identity).items():
             ident = self._identities[key]
