@@ -29,7 +29,6 @@ from sqlalchemy import (
     URL,
     Connection,
     Engine,
-    Integer,
     bindparam,
     event,
     func,
@@ -45,6 +44,8 @@ from sqlalchemy.pool import StaticPool
 from . import store_schema as schema
 from .errors import RunNotFoundError, SlurmRunnerError
 from .results import TaskResult
+from .store_create import RunCreation
+from .store_listing import RunListing
 from .store_queries import RunQueries
 from .store_retries import RetryStore
 from .store_rows import JOB_COLUMNS, JobRow, RunRow, RunView, job_row, run_row
@@ -107,12 +108,6 @@ _RESULTS = select(_tasks.c.idx, _tasks.c.result).where(
 )
 _ADD_TASK = insert(_tasks).values(run_id=bindparam("rid"), idx=bindparam("i"), args=bindparam("a"))
 _RESULTS_IN_ORDER = _RESULTS.order_by(_tasks.c.idx)
-# A run's tasks on PostgreSQL: many rows per statement, from two arrays (Store.create_run).
-_ADD_TASKS_PG = (
-    "INSERT INTO tasks (run_id, idx, args) SELECT %(rid)s, t.i, t.a "
-    "FROM unnest(%(i)b::integer[], %(a)b::text[]) AS t(i, a)"
-)
-_INSERT_CHUNK = 5000
 # A run's three tallies in one round trip (GET /runs/{id}): finished tasks by status ("s"),
 # tasks not ok by cause ("x", from the cause column kept beside each result), calls ("c").
 _TALLIES = union_all(
@@ -140,7 +135,7 @@ def _is_url(target: object) -> bool:
     return isinstance(target, URL) or (isinstance(target, str) and "://" in target)
 
 
-class Store(RunQueries, RetryStore):
+class Store(RunCreation, RunListing, RunQueries, RetryStore):
     """The run store: `Store()` or `Store(path)` is the CLI's own SQLite file (made and upgraded
     here; `:memory:` works); `Store("sqlite:///...")`, `Store("postgresql+psycopg://...")` or
     `Store(engine)` is the service's database, whose tables its Alembic migrations make.
@@ -245,80 +240,12 @@ class Store(RunQueries, RetryStore):
         if self._fast is not None:
             self._fast.close()
 
-    # runs
-    def create_run(
-        self,
-        run_id: str,
-        spec: dict[str, Any],
-        args: list[Any],
-        job_sizes: Iterable[int],
-        user_id: int | None = None,
-        resource_id: int | None = None,
-        profile_id: int | None = None,
-    ) -> None:
-        run = {"id": run_id, "created": time.time(), "state": "submitting"}
-        run.update(spec=json.dumps(spec), n_tasks=len(args), user_id=user_id)
-        run.update(resource_id=resource_id, profile_id=profile_id)
-        add = self._add_task
-        texts = [json.dumps(a) for a in args]
-        first, jobs = 0, []
-        for k, size in enumerate(job_sizes):
-            jobs.append({"run_id": run_id, "idx": k, "first_task": first, "n_tasks": size})
-            first += size
-        with self._tx() as conn:
-            conn.execute(insert(_runs), run)
-            if self._engine.dialect.name == "postgresql":
-                # A statement per 5,000 tasks, not one per task: the executemany's pipeline
-                # cost ~50 µs of our CPU per row, most of a POST of 500 tasks.
-                for k in range(0, len(texts), _INSERT_CHUNK):
-                    chunk = texts[k : k + _INSERT_CHUNK]
-                    rows = {"rid": run_id, "i": list(range(k, k + len(chunk))), "a": chunk}
-                    conn.exec_driver_sql(_ADD_TASKS_PG, rows)
-            elif texts:
-                tasks = [add.args(rid=run_id, i=i, a=a) for i, a in enumerate(texts)]
-                conn.exec_driver_sql(add.sql, tasks)  # type: ignore[arg-type]
-            if jobs:
-                conn.execute(insert(_jobs).values(state="NEW"), jobs)
-
+    # runs (made in store_create.py; listed and found in store_listing.py)
     def run(self, run_id: str) -> RunRow:
         rows = self._rows("run", run_id=run_id)
         if not rows:
             raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
         return run_row(rows[0])
-
-    def runs(
-        self, limit: int = 50, user_id: int | None = None, state: str | None = None
-    ) -> list[RunRow]:
-        """The newest runs; only `user_id`'s, only those in `state`, when given."""
-        query = select(_runs).order_by(_runs.c.created.desc()).limit(limit)
-        if user_id is not None:
-            query = query.where(_runs.c.user_id == user_id)
-        if state is not None:
-            query = query.where(_runs.c.state == state)
-        with self._read() as conn:
-            return [run_row(r) for r in conn.execute(query)]
-
-    def runs_with_counts(
-        self, limit: int = 50, user_id: int | None = None, state: str | None = None
-    ) -> list[tuple[RunRow, Counter[str]]]:
-        """`runs(...)`, each with its status counts, in one query compiled once (GET /runs)."""
-        key = (user_id is not None, state is not None)
-        with self._lock:
-            compiled = self._listings.get(key)
-            if compiled is None:
-                stmt = _listing(*key)
-                compiled = self._listings[key] = schema.Compiled(stmt, self._engine.dialect)
-        params = {"limit": limit, "offset": 0, "user_id": user_id, "state": state}
-        (rows,) = self._execute([(compiled, params)])
-        found: dict[str, tuple[RunRow, Counter[str]]] = {}
-        n_run = len(_runs.c)
-        for r in rows:  # a run's row comes once per status it counts: its spec parsed once
-            seen = found.get(r[0])
-            if seen is None:
-                seen = found[r[0]] = (run_row(r[:n_run]), Counter())
-            if r[n_run] is not None:
-                seen[1][r[n_run]] = r[n_run + 1]
-        return list(found.values())
 
     def run_view(
         self, run_id: str, may_see: Callable[[RunRow], bool] = lambda _: True
@@ -343,42 +270,9 @@ class Store(RunQueries, RetryStore):
         calls = dict(sorted(calls.items()))  # by name, as counters() gives them
         return RunView(row, counts, causes, calls, [job_row(r) for r in jobs])
 
-    def active_runs(self) -> list[str]:
-        """Ids of the runs not yet done, cancelled or failed, oldest first: what a watcher
-        started again (after a restart) has to resume."""
-        query = select(_runs.c.id).where(_runs.c.state.not_in(schema.FINAL_RUN_STATES))
-        with self._read() as conn:
-            return list(conn.execute(query.order_by(_runs.c.created)).scalars())
-
     def run_owner(self, run_id: str) -> int | None:
         """The service user who owns the run (None for a run of the CLI)."""
         return self.run(run_id).user_id
-
-    def resolve_run_id(self, text: str, user_id: int | None = None) -> str:
-        """A run id from what a person types: the whole id, `last`, or a unique prefix; among
-        `user_id`'s runs only, when given."""
-        newest = select(_runs.c.id).order_by(_runs.c.created.desc())
-        if user_id is not None:
-            newest = newest.where(_runs.c.user_id == user_id)
-        with self._read() as conn:
-            if text == "last":
-                last = conn.execute(newest.limit(1)).scalar()
-                if last is None:
-                    raise RunNotFoundError(f"no runs yet in {self.path}")
-                return str(last)
-            exact = conn.execute(newest.where(_runs.c.id == text)).scalar()
-            if exact is not None:
-                return str(exact)
-            # Escape LIKE's wildcards: an id never holds them, a typo might.
-            pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            query = newest.where(_runs.c.id.like(pattern, escape="\\")).limit(6)
-            found = list(conn.execute(query).scalars())
-        if len(found) == 1:
-            return str(found[0])
-        if not found:
-            raise RunNotFoundError(f"no run {text!r} in {self.path}")
-        shown = ", ".join(found[:5])
-        raise RunNotFoundError(f"{text!r} matches several runs ({shown}...): give more of the id")
 
     def set_run_state(self, run_id: str, state: str, message: str | None = None) -> None:
         values = {"state": state} if message is None else {"state": state, "message": message}
@@ -486,23 +380,3 @@ class Store(RunQueries, RetryStore):
         query = select(c.name, c.n).where(c.run_id == run_id).order_by(c.name)
         with self._read() as conn:
             return {r[0]: r[1] for r in conn.execute(query)}
-
-
-def _listing(by_user: bool, by_state: bool) -> Any:
-    """The newest runs (bound: limit, and user_id, state when asked) joined to their status
-    counts, newest first (Store.runs_with_counts)."""
-    newest = select(_runs).order_by(_runs.c.created.desc())
-    if by_user:
-        newest = newest.where(_runs.c.user_id == bindparam("user_id"))
-    if by_state:
-        newest = newest.where(_runs.c.state == bindparam("state"))
-    # OFFSET too (always 0): SQLite's compiler adds one to a bound LIMIT, with a name of its own.
-    picked = newest.limit(bindparam("limit", type_=Integer))
-    picked = picked.offset(bindparam("offset", type_=Integer)).subquery()
-    c = _counts.c
-    joined = picked.outerjoin(_counts, (c.run_id == picked.c.id) & (c.n > literal_column("0")))
-    return (
-        select(*picked.c, c.status, c.n)
-        .select_from(joined)
-        .order_by(picked.c.created.desc(), picked.c.id)
-    )

@@ -21,14 +21,13 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import OperationalError
 
-from .errors import HostError, TransientSchedulerError
 from .pacing import PollPolicy, ReadPace
 from .run_folders import make_run_folders
+from .watchpolls import SchedulerCalls, _by, _Scheduler
 from .watchreads import Entry, Identity, RunKeys, SharedReads, run_keys
 from .watchstats import CallKey, CycleStats, WatcherStats
 
@@ -54,16 +53,7 @@ FINAL_RUN_STATES = ("done", "cancelled", "failed")
 FOLDERS_AT_ONCE = 50
 
 
-@dataclass
-class _Scheduler:
-    key: str
-    interval: float
-    next_at: float = 0.0
-    last_at: float = float("-inf")
-    fresh_until: float = 0.0  # a run joined: squeue at its minimum pace until then
-
-
-class Watcher(SharedReads):
+class Watcher(SchedulerCalls, SharedReads):
     def __init__(
         self,
         poll: PollPolicy | None = None,
@@ -235,24 +225,6 @@ class Watcher(SharedReads):
             if run_id in self._entries:
                 self._leave(self._entries[run_id], done=False)
 
-    def _polls_due(self, now: float) -> set[str]:
-        """The schedulers asked in this cycle: at their adaptive pace (every cycle when a
-        poll costs nothing), or at once when a job ended with an interruption or a killed task
-        and waits for the scheduler's word on why (still at most once per squeue_min_s)."""
-        due = set()
-        urgent_after = self.poll_policy.squeue_min_s
-        for e in self._entries.values():
-            sched = self._schedulers[e.keys.scheduler]
-            if sched.key in due or e.retry_at > now:
-                continue
-            if (
-                e.run.backend.scheduler.cheap_poll
-                or now >= sched.next_at
-                or (now >= sched.last_at + urgent_after and e.run._awaits_any())
-            ):
-                due.add(sched.key)
-        return due
-
     def _due(self, now: float, read_all: bool, polled: set[str]) -> list[Entry]:
         """The runs this cycle steps: those whose identity is read or whose scheduler is
         asked now, and those with a submission due; the others wait untouched (a cycle costs
@@ -340,7 +312,7 @@ class Watcher(SharedReads):
             except Exception as exc:
                 log.error("run %s ended, but its state was not saved: %r", e.run.id, exc)
 
-    # the phases of a cycle
+    # the phases of a cycle (the scheduler calls: watchpolls.py; the reads: watchreads.py)
     def _make_folders(self, starting: list[Entry]) -> None:
         """The folders of the runs of one account (and project) starting in this cycle, made
         together: four calls as the user for them all, not four per run (run_folders.py).
@@ -407,74 +379,7 @@ class Watcher(SharedReads):
         run._submit_due()  # jobs that waited for room in the user's queue
         e.submitted = run.calls[submit] - before
 
-    def _job_rows(self, entries: list[Entry]) -> None:
-        """The submitted, unfinished jobs of every run stepped, one query per store (not one
-        per run: the cycle's largest cost on PostgreSQL with many runs watched)."""
-        for group in _by(entries, lambda e: str(id(e.run.store))).values():
-            try:
-                found = group[0].run.store.live_jobs_of([e.run.id for e in group])
-            except Exception as exc:
-                self._fail_all(group, exc)
-                continue
-            for e in group:
-                e.rows = found.get(e.run.id, [])
-                n = len(e.rows) if e.submitted is None else e.submitted
-                self._count("submit", e.keys.scheduler, n)
-
-    def _poll(self, sched: _Scheduler, group: list[Entry]) -> None:
-        """One poll for the jobs of every run of the scheduler; each run takes its answer."""
-        ids = [r.job_id for e in group for r in e.rows if r.job_id]
-        states, error = None, None
-        self._calls[("poll", sched.key)] += 1
-        try:
-            states = group[0].run.backend.scheduler.poll(ids)
-        except (TransientSchedulerError, HostError) as exc:
-            error = exc
-        except Exception as exc:
-            self._fail_all(group, exc)
-            return
-        changed = False
-        for e in group:
-            if self._guard(e, e.run._apply_squeue, e.rows, states, error):
-                e.news = changed = True
-            e.asked = states is not None
-        policy = self.poll_policy
-        if error is not None or changed or self._clock() < sched.fresh_until:
-            sched.interval = policy.squeue_min_s
-        else:
-            sched.interval = min(sched.interval * 2, policy.squeue_max_s)
-        sched.last_at = self._clock()
-        sched.next_at = sched.last_at + sched.interval
-
-    def _history(self, sched: _Scheduler, group: list[Entry]) -> None:
-        """After the read (a gone job whose files tell how it ended needs no history): one
-        history call for the jobs squeue lost, of every run of the scheduler."""
-        wanted = [(e, self._guard(e, e.run._history_wanted, e.rows)) for e in group]
-        wanted = [(e, gone) for e, gone in wanted if gone]
-        if not wanted:
-            return
-        ids = [r.job_id for _, gone in wanted for r in gone if r.job_id]
-        known, error = None, None
-        self._calls[("history", sched.key)] += 1
-        try:
-            known = wanted[0][0].run.backend.scheduler.history(ids)
-        except (TransientSchedulerError, HostError) as exc:
-            error = exc
-        except Exception as exc:
-            self._fail_all([e for e, _ in wanted], exc)
-            return
-        for e, gone in wanted:
-            if self._guard(e, e.run._apply_history, gone, known, error):
-                e.news = True
-
     def _settle(self, e: Entry) -> None:
         before = e.run.calls["cat"]
         e.news |= e.run._settle_rows(e.rows)
         self._count("job_output", e.keys.identity, e.run.calls["cat"] - before)
-
-
-def _by(entries: list[Entry], key: Callable[[Entry], str]) -> dict[str, list[Entry]]:
-    groups: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
-        groups[key(e)].append(e)
-    return groups

@@ -21,10 +21,8 @@ for the tagged job) before running it again. Any other HostError means it did no
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import select
 import threading
 import time
 from collections import Counter
@@ -32,12 +30,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST
-from paramiko.message import Message
 
 from ..errors import HostError, ImpersonationError, SSHConnectError, SSHError, SSHKeyError
 from ..quoting import posix_username, shell_command
 from .base import DEFAULT_MAX_OUTPUT, CallCounter, CommandResult, OutputBuffer
+from .ssh_channel import (
+    SSHCommandInterrupted,
+    SSHCommandTimeout,
+    close_channel,
+    maybe_ran,
+    run_on_channel,
+    transport_died,
+)
 from .ssh_connect import SSHTarget, load_private_key, open_transport
 from .ssh_pool import (
     RECONNECT_DELAYS,
@@ -65,76 +69,6 @@ __all__ = [
 # paramiko's transport thread logs every failure it raises to us as well: keep it off stderr
 # unless the application configures logging.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
-
-_READ_CHUNK = 1 << 16
-
-
-class SSHCommandInterrupted(SSHError):
-    """The command was sent, then the connection dropped or the timeout passed before its
-    exit status came back: it may have run (and may still be running). Check before retrying."""
-
-    maybe_ran = True
-
-    def __init__(self, message: str, argv: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.argv = tuple(argv)
-
-
-class SSHCommandTimeout(SSHCommandInterrupted):
-    """The command did not finish within `timeout` (it was sent: it may have run)."""
-
-
-def maybe_ran(exc: BaseException) -> bool:
-    """True when a failed `run` may nevertheless have run the command on the host."""
-    return bool(getattr(exc, "maybe_ran", False))
-
-
-# --------------------------------------------------------------------------- channel helpers
-
-
-def _channel_request(channel: paramiko.Channel, kind: str, value: str, want_reply: bool) -> None:
-    message = Message()
-    message.add_byte(cMSG_CHANNEL_REQUEST)
-    message.add_int(channel.remote_chanid)
-    message.add_string(kind)
-    message.add_boolean(want_reply)
-    message.add_string(value)
-    if want_reply:
-        channel._event_pending()
-    channel.transport._send_user_message(message)  # type: ignore[union-attr]
-
-
-def _send_exec(channel: paramiko.Channel, command: str, wait: float | None) -> bool:
-    """Channel.exec_command with a bounded wait for the reply (paramiko's waits forever).
-    True: accepted; False: refused; raises TimeoutError when no reply came in time."""
-    _channel_request(channel, "exec", command, want_reply=True)
-    if not channel.event.wait(wait):
-        raise TimeoutError
-    return bool(channel.event_ready)
-
-
-def _transport_died(transport: paramiko.Transport, settle: float = 0.5) -> bool:
-    """Whether the connection is dead, for an ambiguous channel end (closed without exit
-    status, request refused). paramiko's thread closes the channels of a dying connection
-    just *before* it clears is_active(): give it `settle` seconds to finish dying."""
-    if not transport.is_active():
-        return True
-    transport.join(settle)
-    return not transport.is_active()
-
-
-def _close_channel(channel: paramiko.Channel) -> None:
-    """Close; a connection dying meanwhile is not an error of its own (the caller reports)."""
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        channel.close()
-
-
-def _feed_stdin(channel: paramiko.Channel, data: bytes) -> None:
-    try:
-        channel.sendall(data)
-        channel.shutdown_write()
-    except (OSError, EOFError, paramiko.SSHException):
-        pass  # the command exited (or the connection dropped) without reading all of it
 
 
 # --------------------------------------------------------------------------- the host
@@ -235,7 +169,7 @@ class SSHHost:
             self._conn.transport()
             return
         with self._conn.slots:
-            _close_channel(self._checked_channel()[1])
+            close_channel(self._checked_channel()[1])
 
     def close(self) -> None:
         """Release this host's share of the connection (closed when nobody else uses it)."""
@@ -282,9 +216,19 @@ class SSHHost:
         with self._conn.slots:
             transport, channel = self._checked_channel()
             try:
-                return self._exchange(transport, channel, argv, command, data, timeout, limits)
+                return run_on_channel(
+                    self.target.endpoint,
+                    self._conn.connect_timeout,
+                    transport,
+                    channel,
+                    argv,
+                    command,
+                    data,
+                    timeout,
+                    limits,
+                )
             finally:
-                _close_channel(channel)
+                close_channel(channel)
 
     def _checked_channel(self) -> tuple[paramiko.Transport, paramiko.Channel]:
         """A session channel on a connection whose remote uid passed `check_uid`: on a new
@@ -298,7 +242,7 @@ class SSHHost:
                 try:
                     self._check_uid(self.target.username, seen[1])
                 except BaseException:
-                    _close_channel(channel)
+                    close_channel(channel)
                     raise
                 return transport, channel
             try:
@@ -312,7 +256,7 @@ class SSHHost:
                     ) from None
                 time.sleep(delays.pop(0))
             finally:
-                _close_channel(channel)
+                close_channel(channel)
             transport, channel = self._open_channel()  # loops back to the check
         return transport, channel
 
@@ -320,7 +264,17 @@ class SSHHost:
         argv = ["id", "-u"]
         limits = (OutputBuffer(4096), OutputBuffer(4096))
         wait = max(self._conn.connect_timeout, 10.0)
-        result = self._exchange(transport, channel, argv, "id -u", None, wait, limits)
+        result = run_on_channel(
+            self.target.endpoint,
+            self._conn.connect_timeout,
+            transport,
+            channel,
+            argv,
+            "id -u",
+            None,
+            wait,
+            limits,
+        )
         text = result.stdout.strip()
         if not result.ok or not text.isdigit():
             raise ImpersonationError(
@@ -341,7 +295,7 @@ class SSHHost:
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 # Nothing of the command was sent: whatever happened, retrying is safe.
                 reason = getattr(exc, "text", None) or str(exc) or type(exc).__name__
-                if "Timeout" not in reason and not _transport_died(transport):
+                if "Timeout" not in reason and not transport_died(transport):
                     # The server refused one more session (MaxSessions; paramiko may report
                     # it as "Unable to open channel" when several refusals race): wait it out
                     # on the same connection, whose other channels keep running.
@@ -361,107 +315,3 @@ class SSHHost:
                 )
         assert error is not None
         raise error
-
-    def _exchange(
-        self,
-        transport: paramiko.Transport,
-        channel: paramiko.Channel,
-        argv: list[str],
-        command: str,
-        data: bytes | None,
-        timeout: float | None,
-        limits: tuple[OutputBuffer, OutputBuffer],
-    ) -> CommandResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        shown = " ".join(argv[:3]) + (" ..." if len(argv) > 3 else "")
-        wait = timeout if timeout is not None else max(3 * self._conn.connect_timeout, 30.0)
-        try:
-            accepted = _send_exec(channel, command, wait)
-        except (TimeoutError, OSError, EOFError, paramiko.SSHException) as exc:
-            if isinstance(exc, TimeoutError) and not _transport_died(transport):
-                raise SSHCommandTimeout(
-                    f"{self.target.endpoint} did not answer the request to run {shown!r} "
-                    f"within {wait:g}s (it may have run)",
-                    argv,
-                ) from None
-            raise SSHCommandInterrupted(
-                f"the SSH connection to {self.target.endpoint} dropped while sending {shown!r} "
-                "(it may have run: check before running it again)",
-                argv,
-            ) from None
-        if not accepted:
-            if not _transport_died(transport):
-                raise SSHError(f"{self.target.endpoint} refused to execute {shown!r}")
-            raise SSHCommandInterrupted(
-                f"the SSH connection to {self.target.endpoint} dropped while starting {shown!r} "
-                "(it may have run: check before running it again)",
-                argv,
-            )
-
-        writer: threading.Thread | None = None
-        if data:
-            writer = threading.Thread(
-                target=_feed_stdin, args=(channel, data), name="ssh-stdin", daemon=True
-            )
-            writer.start()
-        else:
-            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                channel.shutdown_write()
-
-        out, err = limits
-        try:
-            wake = channel.fileno()  # readable when stdout or stderr has data, or at close
-            while True:
-                got = False
-                # Read on past the caps (dropping): a full window would stall the command.
-                if channel.recv_ready():
-                    out.add(channel.recv(_READ_CHUNK))
-                    got = True
-                if channel.recv_stderr_ready():
-                    err.add(channel.recv_stderr(_READ_CHUNK))
-                    got = True
-                if got:
-                    continue
-                if channel.closed:
-                    break
-                nap = 1.0
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        self._abandon(channel)
-                        raise SSHCommandTimeout(
-                            f"{shown!r} on {self.target.endpoint} did not finish within "
-                            f"{timeout:g}s (it ran, and may still be running)",
-                            argv,
-                        )
-                    nap = min(nap, left)
-                select.select([wake], [], [], nap)
-        finally:
-            if writer is not None:
-                if writer.is_alive():
-                    _close_channel(channel)  # wakes a writer blocked on a full window
-                writer.join(5.0)
-
-        status = channel.exit_status
-        complete = channel.eof_received and channel.exit_status_ready() and status != -1
-        if not complete and _transport_died(transport):
-            raise SSHCommandInterrupted(
-                f"the SSH connection to {self.target.endpoint} dropped while {shown!r} was "
-                "running (it may have run: check before running it again)",
-                argv,
-            )
-        return CommandResult(
-            tuple(argv),
-            status,  # -1: the server gave no exit status (e.g. killed by a signal)
-            out.text(),
-            err.text(),
-            out.dropped,
-            err.dropped,
-        )
-
-    @staticmethod
-    def _abandon(channel: paramiko.Channel) -> None:
-        """Best effort: signal the timed-out command (OpenSSH >= 7.9), then close."""
-        with contextlib.suppress(Exception):
-            _channel_request(channel, "signal", "TERM", want_reply=False)
-        _close_channel(channel)

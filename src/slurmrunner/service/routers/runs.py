@@ -13,16 +13,14 @@ from ...store import Store
 from ...tasklogs import LogUnreadable
 from ..deps import Credentials, CurrentCaller, UserWithProfile, check_caller
 from ..errors import Invalid, ServiceError
+from ..run_reads import detail_of, listed_runs, run_read
 from ..runs import (
     cancel_run,
     create_run,
-    detail_of,
-    listed_runs,
     owned_run,
     owned_run_view,
     result_pages,
     retry_run,
-    run_read,
     task_log,
 )
 from ..schemas.common import MAX_ID

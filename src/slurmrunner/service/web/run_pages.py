@@ -23,7 +23,8 @@ from ...retries import RETRYABLE_CAUSES
 from ...store import JobRow, RunRow, Store
 from ...tasklogs import LogUnreadable
 from ..errors import NotFound, ServiceError
-from ..runs import cancel_run, owned_run, retry_run, run_read, task_log
+from ..run_reads import run_read
+from ..runs import cancel_run, owned_run, retry_run, task_log
 from ..schemas.common import MAX_ID
 from ..schemas.runs import MAX_LOG_BYTES, RetryCreate
 from . import charts, queries, scripts, timeline, views

@@ -19,7 +19,7 @@ from ... import payload
 from ...runspec import worker_source
 from ...script import render_script
 from ...store import JobRow, RunRow, Store
-from ..runs import stored_spec
+from ..run_reads import stored_spec
 
 MAX_TASKS_READ = 200
 HEAD_CHARS = 16 << 10

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from ...results import TaskResult
 from ...store import RunRow, Store
 from ..models import Resource, User
-from ..runs import run_reads, stored_spec
+from ..run_reads import run_reads, stored_spec
 from . import charts
 
 TEMPLATES = Path(__file__).parent / "templates"
