@@ -181,6 +181,24 @@ def test_argv_is_quoted_and_status_and_streams_come_back(rig, pool):
     assert host.connections_opened == 1
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_the_connection_socket_acknowledges_what_it_reads_at_once():
+    """sshd holds its answer to a new connection's first channel open behind two packets we
+    do not answer: our socket acks every read at once (else 40 ms of delayed ACK each time)."""
+    from slurmrunner.hosts.ssh_connect import _new_socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = _new_socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+        with sock:
+            sock.connect(server.getsockname())
+            peer, _ = server.accept()
+            with peer:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+                peer.sendall(b"hostkeys-00")
+                assert sock.recv(64) == b"hostkeys-00"
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+
+
 @pytest.mark.ssh
 def test_large_stdin_and_large_stdout_stderr_round_trip(rig, pool):
     host = rig_host(rig, pool)
