@@ -56,10 +56,11 @@ def install_trace(trace: list[list], t0: object) -> None:
         states = sorted({str(getattr(r, "state", "?")) for e in group for r in e.rows})
         trace.append([at(), "squeue_end", {"rows": states}])
 
-    def read(self: Watcher, ident: object, group: list, now: float) -> None:
+    def read(self: Watcher, ident: object, group: list, now: float) -> bool:
         trace.append([at(), "cat", None])
-        original_read(self, ident, group, now)
+        waiting = original_read(self, ident, group, now)
         trace.append([at(), "cat_end", {"news": any(e.news for e in group)}])
+        return waiting
 
     def after_read(self: ReadPace, news: bool, now: float, eta: float | None = None) -> float:
         wait = original_after(self, news, now, eta)

@@ -160,7 +160,8 @@ def service_once(tag: str, opts: argparse.Namespace, probing: bool = True) -> di
     name = f"sr_bench_s1_{tag}"
     work = bench.WORK / f"S1-{tag}"
     work.mkdir(parents=True, mode=0o755)
-    server = Server(opts.python, bench.SERVER, fresh_database(name), work / "serve.log")
+    log_path = work / "serve.log"
+    server = Server(opts.python, bench.SERVER, fresh_database(name), log_path, opts.server_log)
     try:
         token = bootstrap(server, work)
         server.start()
@@ -405,6 +406,14 @@ def main() -> None:
     ap.add_argument("--python", default="/opt/slurmrunner/venv/bin/python", help="the server's")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds, per measurement")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders")
+    ap.add_argument(
+        "--server-log",
+        default="warning",
+        choices=["warning", "info"],
+        help="serve's --log-level; info logs every run's creation, submission, each job's end "
+        "and the run's end (in BENCH_HOME/work/S1-*/serve.log, with --keep a timeline of the "
+        "load) and every request, which costs CPU: not for the figures",
+    )
     ap.add_argument("--no-probe", action="store_true", help="no API requests during the load")
     ap.add_argument(
         "--no-quiet",

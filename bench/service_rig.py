@@ -63,8 +63,11 @@ def drop_database(name: str) -> None:
 class Server:
     """`python -m slurmrunner serve` (and `admin ...`) as `user` with `python`, on `db_url`."""
 
-    def __init__(self, python: str, user: str, db_url: str, log_path: Path) -> None:
+    def __init__(
+        self, python: str, user: str, db_url: str, log_path: Path, log_level: str = "warning"
+    ) -> None:
         self.python, self.user, self.db_url, self.log_path = python, user, db_url, log_path
+        self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -94,12 +97,12 @@ class Server:
         return proc.stdout
 
     def start(self, timeout: float = 60) -> None:
-        # --log-level warning: no access-log line per request (it would be most of the
-        # server's CPU under the latency probe's 40 requests a second).
+        # --log-level warning by default: no access-log line per request (it would be most
+        # of the server's CPU under the latency probe's 40 requests a second).
         argv = [self.python, "-m", "slurmrunner", "serve", "--host", "127.0.0.1", "--port", "0"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*argv, "--log-level", "warning"],
+                [*argv, "--log-level", self.log_level],
                 user=self.user,
                 group=self.user,
                 extra_groups=[],

@@ -481,3 +481,99 @@ def test_a_job_squeue_sees_start_is_read_in_that_cycle(tmp_path):
     calls = watcher.stats.recent[-1].calls
     assert calls[("poll", "fake")] == 1 and calls[("cat", "alice")] == 1
     assert run.all_ended
+
+
+def _pending_for_30_s(runs: list, queries: list, policy: PollPolicy) -> tuple[Watcher, list]:
+    """A watcher (on a clock of the test's) whose runs' jobs were PENDING for 30 s: the
+    account's reads have backed off to read_max_s."""
+    t = [0.0]
+    watcher = Watcher(policy, keys=lambda r: RunKeys("fake", "alice"), clock=lambda: t[0])
+    for run, query in zip(runs, queries, strict=True):
+        for job_id in run.job_ids():
+            query.states[job_id] = "PENDING"
+        watcher.add(run, resume=False)
+    for k in range(60):
+        t[0] = k * 0.5
+        watcher.step()
+    assert watcher._identities["alice"].pace.interval == policy.read_max_s
+    return watcher, t
+
+
+def test_the_loop_wakes_for_squeue_when_the_reads_have_backed_off(tmp_path):
+    """squeue keeps its own pace (a start or end it sees wakes the reads): the loop's pause
+    ends when squeue is due, not at the next read (S1: 1.7 s between two squeue at a 1 s pace,
+    and an end seen that much later)."""
+    run, query = fake_run(tmp_path, n_tasks=2, tasks_per_job=2)
+    policy = PollPolicy(read_min_s=0.2, read_max_s=2.0, squeue_min_s=1.0, squeue_max_s=1.0)
+    watcher, t = _pending_for_30_s([run], [query], policy)
+    sched, ident = watcher._schedulers["fake"], watcher._identities["alice"]
+    t[0] = sched.next_at - 0.001  # squeue due in a moment, the next read later
+    if ident.next_read < sched.next_at + 0.5:
+        ident.next_read = sched.next_at + 1.0
+    assert watcher.pause() == pytest.approx(0.001, abs=1e-6)
+    # a scheduler due with no job to ask about is not due again at once: no busy loop
+    run.store.update_job(run.id, 0, done=1)
+    t[0] = sched.next_at
+    watcher.step()
+    assert watcher._calls[("poll", "fake")] == 0
+    assert watcher.pause() > 0.5
+
+
+def test_runs_of_an_account_that_all_ended_unread_are_read_at_the_minimum_pace(tmp_path):
+    """Runs whose separator is not known yet are read one per look while no run of the
+    account is known (watchreads.py): the looks that follow come at the minimum pace, not at
+    a pace that backed off while the jobs were pending (S1: short jobs squeue never saw
+    running, whose ends were seen 2-3.5 s late)."""
+    runs, queries = [], []
+    for k in range(3):
+        run, query = fake_run(tmp_path / f"r{k}", n_tasks=1, tasks_per_job=1)
+        runs.append(run)
+        queries.append(query)
+    policy = PollPolicy(read_min_s=0.2, read_max_s=2.0, squeue_min_s=0.0, squeue_max_s=0.0)
+    t = [0.0]
+    watcher = Watcher(policy, keys=lambda r: RunKeys(f"fake:{r.id}", "alice"), clock=lambda: t[0])
+    for run, query in zip(runs, queries, strict=True):
+        query.states[run.job_ids()[0]] = "PENDING"
+        watcher.add(run, resume=False)
+    for k in range(60):
+        t[0] = k * 0.5
+        watcher.step()
+    ident = watcher._identities["alice"]
+    assert ident.pace.interval == 2.0
+    for run, query in zip(runs, queries, strict=True):  # all ran and ended between two polls
+        query.states[run.job_ids()[0]] = "COMPLETED"
+        write(run, 0, start(0), ok(0, 0), end(0, 1))
+    ended_at = t[0] = 30.0
+    while True:
+        watcher.step()
+        assert _cats(watcher) <= 1  # one run read alone per look
+        if all(r.all_ended for r in runs):
+            break
+        t[0] = max(ident.next_read, t[0])
+        assert t[0] - ended_at < 1.0
+    assert t[0] - ended_at <= 2 * policy.read_min_s + 1e-9
+
+
+def test_runs_whose_files_never_say_anything_do_not_speed_up_the_reads(tmp_path):
+    """Two running jobs whose workers never wrote their separator: each look reads one alone
+    and learns nothing, so the account's reads keep their backed-off pace (no cat every
+    read_min_s for as long as such jobs run)."""
+    runs, queries = [], []
+    for k in range(2):
+        run, query = fake_run(tmp_path / f"r{k}", n_tasks=1, tasks_per_job=1)
+        runs.append(run)
+        queries.append(query)
+    policy = PollPolicy(read_min_s=0.2, read_max_s=2.0, squeue_min_s=0.0, squeue_max_s=0.0)
+    t = [0.0]
+    watcher = Watcher(policy, keys=lambda r: RunKeys(f"fake:{r.id}", "alice"), clock=lambda: t[0])
+    for run in runs:
+        watcher.add(run, resume=False)  # RUNNING, nothing written
+    cats = 0
+    for k in range(120):
+        t[0] = k * 0.5
+        watcher.step()
+        cats += _cats(watcher)
+    ident = watcher._identities["alice"]
+    assert ident.pace.interval == policy.read_max_s
+    assert cats < 60 / 1.0  # backed off: far fewer looks than one per read_min_s
+    assert not ident.tokens

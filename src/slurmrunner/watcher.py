@@ -138,6 +138,9 @@ class Watcher(SchedulerCalls, SharedReads):
             due.append(max(self._identities[e.keys.identity].next_read, e.retry_at))
             if e.run._retry_submit_at is not None:
                 due.append(now + e.run._retry_submit_at - time.monotonic())
+        # squeue at its own pace, not only when some read happens to be due: a job's start
+        # or end it sees wakes its user's reads (step), which may have backed off meanwhile.
+        due += [self._schedulers[k].next_at for k in {e.keys.scheduler for e in entries}]
         return min(max(min(due) - now, 0.0), longest)
 
     def step(self, read_all: bool = False) -> bool:
@@ -162,6 +165,9 @@ class Watcher(SchedulerCalls, SharedReads):
                 sched = self._schedulers[key]
                 self._poll(sched, group)
                 asked.append((sched, group))
+        for key in polled - {sched.key for sched, _ in asked}:
+            sched = self._schedulers[key]  # due, but no job to ask about: not due again at once
+            sched.next_at = now + sched.interval
         for key in {e.keys.identity for e in live if e.news}:
             # A job started or ended, says squeue: its files are read now, not when a pace
             # that backed off while it was pending comes round (up to read_max_s later).
@@ -172,8 +178,8 @@ class Watcher(SchedulerCalls, SharedReads):
         for key, group in _by(live, lambda e: e.keys.identity).items():
             ident = self._identities[key]
             if read_all or now >= ident.next_read:
-                self._read(ident, [e for e in group if e.ok], now)
-                read.append((ident, group))
+                waiting = self._read(ident, [e for e in group if e.ok], now)
+                read.append((ident, group, waiting))
         for sched, group in asked:
             self._history(sched, [e for e in group if e.ok])
         for e in live:
@@ -186,11 +192,16 @@ class Watcher(SchedulerCalls, SharedReads):
                 if end - e.flushed_at >= self._counters_every_s or e.run.all_ended:
                     self._guard(e, e.run._flush_counters)
                     e.flushed_at = end
-        for ident, group in read:
+        for ident, group, waiting in read:
             news = any(e.news for e in group)
             etas = [eta for e in group if e.ok and (eta := e.eta(end)) is not None]
             eta = min(etas, default=None)
             ident.next_read = end + ident.pace.after_read(news, end, eta)
+            if waiting:
+                # Runs whose separator it did not know yet wait for the next look (watchreads):
+                # at the minimum pace, or an account's runs that all end while pending (short
+                # jobs squeue never sees running) are each seen one paced read after the last.
+                ident.next_read = min(ident.next_read, end + self.poll_policy.read_min_s)
         ids = {e.run.id for e in stepped}
         for e in list(self._entries.values()):
             ended = e.ok and e.run.id in ids and e.run.all_ended

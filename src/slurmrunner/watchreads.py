@@ -123,8 +123,10 @@ class SharedReads:
 
         def _fail_all(self, entries: list[Entry], exc: BaseException) -> None: ...
 
-    def _read(self, ident: Identity, group: list[Entry], now: float) -> None:
-        """At most one cat for the identity's runs (see the module doc for the others)."""
+    def _read(self, ident: Identity, group: list[Entry], now: float) -> bool:
+        """At most one cat for the identity's runs (see the module doc for the others).
+        Returns whether runs to be read wait for the next look, which a separator learnt in
+        this one lets go further (one whose files never say anything makes no such claim)."""
         planned: list[Planned] = []
         for e in group:
             plan = self._guard(e, e.run._read_plan, e.rows, now, e.asked)
@@ -149,14 +151,18 @@ class SharedReads:
                 size = 0
             bins[-1].append((e, p))
             size += more
+        waiting = bool(unknown)  # learning their separators now, read at the next look
         if unknown and not bins:
             ident.turn += 1
             alone.append(unknown[ident.turn % len(unknown)])  # the others wait for it
+            waiting = len(unknown) > 1
             unknown = []
+        known_before = len(ident.tokens)
         for e, p in alone:
             self._alone(ident, e, p)
         for k, shared in enumerate(bins):
             self._shared(ident, shared, unknown if k == 0 else [])
+        return waiting and len(ident.tokens) > known_before
 
     def _alone(self, ident: Identity, e: Entry, plan: ReadPlan) -> None:
         foreign = {t for t, owner in ident.tokens.items() if owner != e.run.id}
