@@ -185,12 +185,14 @@ def test_argv_is_quoted_and_status_and_streams_come_back(rig, pool):
 def test_the_connection_socket_acknowledges_what_it_reads_at_once():
     """sshd holds its answer to a new connection's first channel open behind two packets we
     do not answer: our socket acks every read at once (else 40 ms of delayed ACK each time)."""
-    from slurmrunner.hosts.ssh_connect import _new_socket
+    from slurmrunner.hosts.ssh_connect import SSHTarget, _open_socket, _QuickAckSocket
 
     with socket.create_server(("127.0.0.1", 0)) as server:
-        sock = _new_socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+        port = server.getsockname()[1]
+        target = SSHTarget("127.0.0.1", port, "u", "/k", "/known_hosts")
+        sock = _open_socket(target, 5.0, time.monotonic() + 5.0)  # what paramiko is given
+        assert isinstance(sock, _QuickAckSocket)
         with sock:
-            sock.connect(server.getsockname())
             peer, _ = server.accept()
             with peer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)

@@ -511,12 +511,42 @@ def test_the_loop_wakes_for_squeue_when_the_reads_have_backed_off(tmp_path):
     if ident.next_read < sched.next_at + 0.5:
         ident.next_read = sched.next_at + 1.0
     assert watcher.pause() == pytest.approx(0.001, abs=1e-6)
-    # a scheduler due with no job to ask about is not due again at once: no busy loop
-    run.store.update_job(run.id, 0, done=1)
-    t[0] = sched.next_at
-    watcher.step()
-    assert watcher._calls[("poll", "fake")] == 0
-    assert watcher.pause() > 0.5
+
+
+def _cycles_in(watcher: Watcher, t: list[float], seconds: float) -> int:
+    """run_forever on the test's clock: the cycles made in `seconds` (a loop whose pause
+    stays 0 never gets there)."""
+    n, until = 0, t[0] + seconds
+    while t[0] < until:
+        watcher.step()
+        n += 1
+        assert n < 1000, "the loop spins"
+        t[0] += watcher.pause()
+    return n
+
+
+def test_a_loop_with_nothing_due_does_not_spin(tmp_path, monkeypatch):
+    """Nothing to read or ask yet (no job of the run submitted: it waits for room in the
+    user's queue), or a run whose step fails and waits out its backoff: the loop sleeps,
+    whatever squeue's pace says."""
+    policy = PollPolicy(read_min_s=0.2, read_max_s=2.0, squeue_min_s=1.0, squeue_max_s=1.0)
+    t = [0.0]
+    run, _ = fake_run(tmp_path / "a", n_tasks=2, tasks_per_job=2)
+    run.store.update_job(run.id, 0, done=1)  # no job to read or ask about
+    watcher = Watcher(policy, keys=lambda r: RunKeys("fake", "alice"), clock=lambda: t[0])
+    watcher.add(run, resume=False)
+    assert _cycles_in(watcher, t, 10.0) <= 12  # about one per read_max_s, not thousands
+
+    failing, _ = fake_run(tmp_path / "b", n_tasks=2, tasks_per_job=2)
+    watcher = Watcher(policy, keys=lambda r: RunKeys("fake", "bob"), clock=lambda: t[0])
+    watcher.add(failing, resume=False)
+
+    def broken(e: object) -> None:
+        raise RuntimeError("the store is down")
+
+    monkeypatch.setattr(watcher, "_prepare", broken)
+    assert _cycles_in(watcher, t, 10.0) <= 8  # backoff 1, 2, 4, 8 s
+    assert watcher.stats.errors[failing.id] >= 3
 
 
 def test_runs_of_an_account_that_all_ended_unread_are_read_at_the_minimum_pace(tmp_path):

@@ -135,12 +135,16 @@ class Watcher(SchedulerCalls, SharedReads):
             entries = list(self._entries.values())
         due = [now + longest]
         for e in entries:
-            due.append(max(self._identities[e.keys.identity].next_read, e.retry_at))
+            wake = self._identities[e.keys.identity].next_read
+            sched = self._schedulers[e.keys.scheduler]
+            if sched.interval > 0 and not e.run.backend.scheduler.cheap_poll:
+                # squeue at its own pace, not only when some read happens to be due: a job's
+                # start or end it sees wakes its user's reads (step), which may have backed
+                # off meanwhile. (A poll every cycle: the cycles keep the reads' pace.)
+                wake = min(wake, sched.next_at)
+            due.append(max(wake, e.retry_at))  # a run whose step failed waits it out
             if e.run._retry_submit_at is not None:
                 due.append(now + e.run._retry_submit_at - time.monotonic())
-        # squeue at its own pace, not only when some read happens to be due: a job's start
-        # or end it sees wakes its user's reads (step), which may have backed off meanwhile.
-        due += [self._schedulers[k].next_at for k in {e.keys.scheduler for e in entries}]
         return min(max(min(due) - now, 0.0), longest)
 
     def step(self, read_all: bool = False) -> bool:
@@ -180,6 +184,12 @@ class Watcher(SchedulerCalls, SharedReads):
             if read_all or now >= ident.next_read:
                 waiting = self._read(ident, [e for e in group if e.ok], now)
                 read.append((ident, group, waiting))
+        for key in {e.keys.identity for e in stepped if e.ok} - {i.key for i, _, _ in read}:
+            # Due, but none of its runs has a job to read yet (they wait for room in the
+            # user's queue): not due again at once (a submission wakes the loop by itself).
+            ident = self._identities[key]
+            if ident.next_read <= now:
+                ident.next_read = now + self.poll_policy.read_max_s
         for sched, group in asked:
             self._history(sched, [e for e in group if e.ok])
         for e in live:

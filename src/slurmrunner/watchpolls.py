@@ -90,6 +90,8 @@ class SchedulerCalls:
             error = exc
         except Exception as exc:
             self._fail_all(group, exc)
+            sched.last_at = self._clock()
+            sched.next_at = sched.last_at + sched.interval
             return
         changed = False
         for e in group:

@@ -73,8 +73,16 @@ def drop_database(base_url: str, url: str) -> None:
     admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            # FORCE: a server killed by a test may have left a session behind.
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            # A server killed by a test may have left sessions behind: they are ended first.
+            # Not WITH (FORCE): it would also end an autovacuum worker busy there, which a role
+            # that is not a superuser may not (CI once: InsufficientPrivilege); a plain DROP
+            # stops autovacuum itself and waits up to 5 s for the ended sessions to go.
+            ours = (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND usename = current_user AND pid <> pg_backend_pid()"
+            )
+            conn.execute(text(ours), {"name": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
     finally:
         admin.dispose()
 
