@@ -549,19 +549,27 @@ def test_a_loop_with_nothing_due_does_not_spin(tmp_path, monkeypatch):
     assert watcher.stats.errors[failing.id] >= 3
 
 
-def test_runs_of_an_account_that_all_ended_unread_are_read_at_the_minimum_pace(tmp_path):
-    """Runs whose separator is not known yet are read one per look while no run of the
-    account is known (watchreads.py): the looks that follow come at the minimum pace, not at
-    a pace that backed off while the jobs were pending (S1: short jobs squeue never saw
-    running, whose ends were seen 2-3.5 s late)."""
+def _one_account(tmp_path: Path, n: int) -> tuple[Watcher, list, list, list[float]]:
+    """n runs of one job each (each on a fake cluster of its own, squeue every cycle) whose
+    files are one account's, and a watcher on a clock of the test's (not watching them yet)."""
     runs, queries = [], []
-    for k in range(3):
+    for k in range(n):
         run, query = fake_run(tmp_path / f"r{k}", n_tasks=1, tasks_per_job=1)
         runs.append(run)
         queries.append(query)
     policy = PollPolicy(read_min_s=0.2, read_max_s=2.0, squeue_min_s=0.0, squeue_max_s=0.0)
     t = [0.0]
     watcher = Watcher(policy, keys=lambda r: RunKeys(f"fake:{r.id}", "alice"), clock=lambda: t[0])
+    return watcher, runs, queries, t
+
+
+def test_runs_of_an_account_that_all_ended_unread_are_read_at_the_minimum_pace(tmp_path):
+    """Runs whose separator is not known yet are read one per look while no run of the
+    account is known (watchreads.py): the looks that follow come at the minimum pace, not at
+    a pace that backed off while the jobs were pending (S1: short jobs squeue never saw
+    running, whose ends were seen 2-3.5 s late)."""
+    watcher, runs, queries, t = _one_account(tmp_path, 3)
+    policy = watcher.poll_policy
     for run, query in zip(runs, queries, strict=True):
         query.states[run.job_ids()[0]] = "PENDING"
         watcher.add(run, resume=False)
@@ -588,14 +596,8 @@ def test_runs_whose_files_never_say_anything_do_not_speed_up_the_reads(tmp_path)
     """Two running jobs whose workers never wrote their separator: each look reads one alone
     and learns nothing, so the account's reads keep their backed-off pace (no cat every
     read_min_s for as long as such jobs run)."""
-    runs, queries = [], []
-    for k in range(2):
-        run, query = fake_run(tmp_path / f"r{k}", n_tasks=1, tasks_per_job=1)
-        runs.append(run)
-        queries.append(query)
-    policy = PollPolicy(read_min_s=0.2, read_max_s=2.0, squeue_min_s=0.0, squeue_max_s=0.0)
-    t = [0.0]
-    watcher = Watcher(policy, keys=lambda r: RunKeys(f"fake:{r.id}", "alice"), clock=lambda: t[0])
+    watcher, runs, _, t = _one_account(tmp_path, 2)
+    policy = watcher.poll_policy
     for run in runs:
         watcher.add(run, resume=False)  # RUNNING, nothing written
     cats = 0
