@@ -30,6 +30,11 @@ class _Scheduler:
     last_at: float = float("-inf")
     fresh_until: float = 0.0  # a run joined: squeue at its minimum pace until then
 
+    def asked(self, at: float) -> None:
+        """A poll was made (answered or not) at `at`: the next one is an interval later."""
+        self.last_at = at
+        self.next_at = at + self.interval
+
 
 class SchedulerCalls:
     """The scheduler part of a Watcher (see watcher.Watcher, which holds the state named here)."""
@@ -90,8 +95,7 @@ class SchedulerCalls:
             error = exc
         except Exception as exc:
             self._fail_all(group, exc)
-            sched.last_at = self._clock()
-            sched.next_at = sched.last_at + sched.interval
+            sched.asked(self._clock())
             return
         changed = False
         for e in group:
@@ -103,8 +107,7 @@ class SchedulerCalls:
             sched.interval = policy.squeue_min_s
         else:
             sched.interval = min(sched.interval * 2, policy.squeue_max_s)
-        sched.last_at = self._clock()
-        sched.next_at = sched.last_at + sched.interval
+        sched.asked(self._clock())
 
     def _history(self, sched: _Scheduler, group: list[Entry]) -> None:
         """After the read (a gone job whose files tell how it ended needs no history): one
